@@ -1,0 +1,294 @@
+"""Local port forwarding (``-L``): listen locally, open one WebSocket per connection.
+
+Each accepted connection dials the server with ``?to=HOST:PORT`` and the
+``wstun.v1`` subprotocol, then runs the shared relay. A refused handshake
+closes the local connection with a reset and is logged with the server's
+status and reason, once per distinct failure per interval, so a client
+whose every connection fails doesn't flood its log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import functools
+import logging
+import time
+from collections.abc import Callable
+
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidHandshake, InvalidStatus
+from websockets.typing import Subprotocol
+
+from common import __version__
+from common.errors import HandshakeError, RelayError, TargetError, describe_os_error
+from common.protocol import (
+    AUTHORIZATION_HEADER,
+    SUBPROTOCOL,
+    Target,
+    build_tunnel_url,
+    format_target,
+    parse_listen,
+    parse_port,
+    parse_target,
+)
+from common.relay import copy_bidirectional
+from common.report import TunnelReport, format_peer, new_tunnel_id
+from common.streams import (
+    DEFAULT_READ_SIZE,
+    WS_MAX_QUEUE,
+    WS_MAX_SIZE,
+    WS_WRITE_LIMIT,
+    TcpStream,
+    TunnelClientConnection,
+    WebSocketStream,
+    tcp_protocol_factory,
+)
+
+__all__ = [
+    "ClientConfig",
+    "FailureLog",
+    "Forward",
+    "TunnelClient",
+    "open_tunnel",
+    "parse_forward",
+    "run_client",
+]
+
+logger = logging.getLogger("wstun.client")
+
+
+@dataclasses.dataclass(frozen=True)
+class Forward:
+    """``-L``: listen on ``bind``, tunnel each connection to ``remote``."""
+
+    bind: Target
+    remote: Target
+
+    def __str__(self) -> str:
+        return f"{self.bind} -> {self.remote}"
+
+
+def _split_colons(text: str) -> list[str]:
+    """Split on ':' outside square brackets, keeping the brackets."""
+    parts, current, depth = [], "", 0
+    for ch in text:
+        if ch == "[":
+            depth += 1
+        elif ch == "]":
+            depth -= 1
+            if depth < 0:
+                raise TargetError(f"unbalanced ']' in {text!r}")
+        if ch == ":" and depth == 0:
+            parts.append(current)
+            current = ""
+        else:
+            current += ch
+    if depth:
+        raise TargetError(f"missing ']' in {text!r}")
+    parts.append(current)
+    return parts
+
+
+def parse_forward(text: str, *, default_bind: str = "127.0.0.1") -> Forward:
+    """Parse ``[BIND:]PORT:HOST:HOSTPORT`` (IPv6 in brackets), as ssh's ``-L``."""
+    parts = _split_colons(text)
+    if len(parts) == 3:
+        bind_host = default_bind
+        port, host, host_port = parts
+    elif len(parts) == 4:
+        bind_host, port, host, host_port = parts
+        if bind_host.startswith("[") and bind_host.endswith("]"):
+            bind_host = bind_host[1:-1]
+        bind_host = bind_host or default_bind
+    else:
+        raise TargetError(f"expected [BIND:]PORT:HOST:HOSTPORT, got {text!r}")
+    bind_port = parse_port(port, what=f"listen port in {text!r}", allow_zero=True)
+    bind = parse_listen(format_target(bind_host, bind_port))
+    return Forward(bind, parse_target(f"{host}:{host_port}"))
+
+
+@dataclasses.dataclass(frozen=True)
+class ClientConfig:
+    """Everything ``wstun-client`` is told on its command line."""
+
+    url: str
+    forwards: tuple[Forward, ...] = ()
+    token: str | None = None
+    connect_timeout: float = 10.0
+    idle_timeout: float | None = None
+    ping_interval: float | None = 20.0
+    ping_timeout: float | None = 20.0
+    read_size: int = DEFAULT_READ_SIZE
+
+
+def _first_line(body: bytes, fallback: str) -> str:
+    text = body.decode("utf-8", errors="replace").strip()
+    return text.splitlines()[0][:300] if text else fallback
+
+
+async def open_tunnel(config: ClientConfig, target: Target | None) -> WebSocketStream:
+    """Open one WebSocket to the server for ``target``; raise HandshakeError if refused."""
+    url = build_tunnel_url(config.url, target)
+    headers = {AUTHORIZATION_HEADER: f"Bearer {config.token}"} if config.token else {}
+    try:
+        connection = await connect(
+            url,
+            additional_headers=headers,
+            subprotocols=[Subprotocol(SUBPROTOCOL)],
+            create_connection=TunnelClientConnection,
+            compression=None,
+            ping_interval=None,  # keepalive is WebSocketStream's: any frame is life
+            max_size=WS_MAX_SIZE,
+            max_queue=WS_MAX_QUEUE,
+            write_limit=WS_WRITE_LIMIT,
+            open_timeout=config.connect_timeout,
+            user_agent_header=f"wstun/{__version__}",
+            proxy=None,
+        )
+    except InvalidStatus as exc:
+        response = exc.response
+        reason = _first_line(bytes(response.body or b""), response.reason_phrase)
+        raise HandshakeError(response.status_code, reason) from exc
+    except InvalidHandshake as exc:
+        raise HandshakeError(0, f"bad handshake from server: {exc}") from exc
+    except TimeoutError as exc:
+        raise HandshakeError(
+            0, f"server did not complete the handshake within {config.connect_timeout:g}s"
+        ) from exc
+    except OSError as exc:
+        raise HandshakeError(0, f"can't reach server: {describe_os_error(exc)}") from exc
+    assert isinstance(connection, TunnelClientConnection)
+    return WebSocketStream(
+        connection,
+        eof_markers=connection.subprotocol == SUBPROTOCOL,
+        ping_interval=config.ping_interval,
+        ping_timeout=config.ping_timeout,
+    )
+
+
+class FailureLog:
+    """Logs each distinct failure once per ``interval`` and counts the rest."""
+
+    def __init__(self, interval: float = 10.0, clock: Callable[[], float] = time.monotonic):
+        self.interval = interval
+        self._clock = clock
+        # failure text -> (when it was last logged, repeats since then)
+        self._seen: dict[str, tuple[float, int]] = {}
+
+    def log(self, text: str) -> bool:
+        """Log ``text`` unless logged within the interval; True if it was logged."""
+        now = self._clock()
+        last, repeats = self._seen.get(text, (None, 0))
+        if last is not None and now - last < self.interval:
+            self._seen[text] = (last, repeats + 1)
+            return False
+        suffix = f" ({repeats} more like this since the last report)" if repeats else ""
+        logger.warning("%s%s", text, suffix)
+        self._seen[text] = (now, 0)
+        return True
+
+
+class TunnelClient:
+    """Runs the ``-L`` listeners and the tunnels they accept."""
+
+    def __init__(self, config: ClientConfig) -> None:
+        self.config = config
+        self.failures = FailureLog()
+        self._servers: list[asyncio.Server] = []
+        self._tunnels: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> list[tuple[Forward, tuple[str, int]]]:
+        """Bind every ``-L`` listener; returns each forward with its bound address."""
+        loop = asyncio.get_running_loop()
+        bound = []
+        try:
+            for forward in self.config.forwards:
+                server = await loop.create_server(
+                    tcp_protocol_factory(functools.partial(self._accepted, forward=forward)),
+                    forward.bind.host,
+                    forward.bind.port,
+                )
+                self._servers.append(server)
+                for sock in server.sockets:
+                    address = sock.getsockname()[:2]
+                    bound.append((forward, address))
+                    logger.info(
+                        "forwarding %s -> %s via %s",
+                        format_peer(address),
+                        forward.remote,
+                        self.config.url,
+                    )
+        except BaseException:
+            await self.stop()
+            raise
+        return bound
+
+    def _accepted(self, local: TcpStream, forward: Forward) -> None:
+        task = asyncio.get_running_loop().create_task(self._tunnel(local, forward))
+        self._tunnels.add(task)
+        task.add_done_callback(self._tunnels.discard)
+
+    async def _tunnel(self, local: TcpStream, forward: Forward) -> None:
+        report = TunnelReport(new_tunnel_id("c"), format_peer(local.peername), str(forward.remote))
+        try:
+            ws = await open_tunnel(self.config, forward.remote)
+        except HandshakeError as exc:
+            await local.abort()
+            status = f"{exc.status} " if exc.status else ""
+            self.failures.log(f"tunnel to {forward.remote} refused: {status}{exc.reason}")
+            report.end, report.reason = "refused", str(exc)
+            logger.debug("%s", report.line())
+            return
+        except asyncio.CancelledError:
+            await local.abort()
+            raise
+        counts: tuple[int, int] | None = None
+        error: BaseException | None = None
+        try:
+            counts = await copy_bidirectional(
+                local,
+                ws,
+                read_size=self.config.read_size,
+                idle_timeout=self.config.idle_timeout,
+                names=("local", "server"),
+            )
+        except RelayError as exc:
+            error = exc
+        except asyncio.CancelledError as exc:
+            error = exc
+            report.reason = "client shutting down"
+            raise
+        finally:
+            report.finish(counts, error)
+            logger.info("%s", report.line())
+
+    async def stop(self) -> None:
+        """Stop listening, then end the tunnels still open."""
+        for server in self._servers:
+            server.close()
+        tunnels = list(self._tunnels)
+        for task in tunnels:
+            task.cancel()
+        await asyncio.gather(*tunnels, return_exceptions=True)
+        for server in self._servers:
+            await server.wait_closed()
+        self._servers.clear()
+
+
+async def run_client(
+    config: ClientConfig,
+    stop: asyncio.Event,
+    *,
+    on_ready: Callable[[list[tuple[Forward, tuple[str, int]]]], None] | None = None,
+) -> None:
+    """Forward until ``stop`` is set."""
+    client = TunnelClient(config)
+    bound = await client.start()
+    if on_ready is not None:
+        on_ready(bound)
+    try:
+        await stop.wait()
+    finally:
+        logger.info("shutting down")
+        await client.stop()

@@ -1,0 +1,205 @@
+"""copy_bidirectional: the relay both sides run, after tokio's.
+
+Each direction is a :class:`Transfer` whose state moves
+``RUNNING -> SHUTTING_DOWN -> DONE``:
+
+- ``RUNNING``: read a chunk from the source; a non-empty chunk is written to
+  the destination and counted; ``b""`` (EOF) moves to ``SHUTTING_DOWN``.
+- ``SHUTTING_DOWN``: everything read has been written; ``write_eof()`` on the
+  destination, so the peer learns this direction ended.
+- ``DONE``: nothing more flows this way. The other direction may go on.
+
+Both directions run concurrently. When both are ``DONE`` the streams are
+closed gracefully and the payload counts returned. An error in either
+direction cancels the other one and aborts both streams at once (so the
+applications at both ends see an error, never a clean but short stream);
+``write_eof()`` is never called after an error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import enum
+
+from .errors import IdleTimeout, RelayError, StreamBroken, TunnelError
+from .streams import DEFAULT_READ_SIZE, ByteStream
+
+__all__ = ["Transfer", "TransferState", "copy_bidirectional"]
+
+
+class TransferState(enum.Enum):
+    """Where one direction of the relay is in its life."""
+
+    RUNNING = "running"
+    SHUTTING_DOWN = "shutting down"
+    DONE = "done"
+
+
+@dataclasses.dataclass
+class Transfer:
+    """One direction: copy ``src`` into ``dst`` until EOF, then shut ``dst`` down."""
+
+    src: ByteStream
+    dst: ByteStream
+    src_name: str
+    dst_name: str
+    state: TransferState = TransferState.RUNNING
+    #: Payload bytes ``dst`` accepted so far.
+    count: int = 0
+
+
+class _DirectionFailed(Exception):
+    """Internal: which stream failed, doing what, and why."""
+
+    def __init__(self, stream: str, operation: str, cause: BaseException) -> None:
+        super().__init__(stream, operation, cause)
+        self.stream = stream
+        self.operation = operation
+        self.cause = cause
+
+
+class _Activity:
+    """When payload last moved in either direction (for the idle timeout)."""
+
+    def __init__(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.last = self._loop.time()
+
+    def touch(self) -> None:
+        self.last = self._loop.time()
+
+    async def wait_idle(self, timeout: float) -> None:
+        """Return once nothing has moved for ``timeout`` seconds."""
+        # A timer re-armed from the last activity: one wake-up per timeout
+        # period, instead of an event set on every chunk of the hot path.
+        while (remaining := self.last + timeout - self._loop.time()) > 0:  # noqa: ASYNC110
+            await asyncio.sleep(remaining)
+
+
+# Failures a direction turns into a relay error; anything else is a bug and
+# propagates as it is (after both streams are aborted).
+_EXPECTED = (TunnelError, OSError, EOFError)
+
+
+async def _write_all(t: Transfer, chunk: bytes, activity: _Activity) -> None:
+    while chunk:
+        try:
+            n = await t.dst.write(chunk)
+        except _EXPECTED as exc:
+            raise _DirectionFailed(t.dst_name, "write", exc) from exc
+        # Invariant: a writer never reports more than it was given. A writer
+        # counting its own framing would otherwise corrupt every count.
+        if n > len(chunk):
+            bug = AssertionError(f"writer returned length larger than input: {n} > {len(chunk)}")
+            raise _DirectionFailed(t.dst_name, "write", bug)
+        if n <= 0:
+            zero = StreamBroken(f"writer accepted {n} bytes of {len(chunk)}")
+            raise _DirectionFailed(t.dst_name, "write", zero)
+        t.count += n
+        activity.touch()
+        chunk = chunk[n:]
+
+
+async def _run(t: Transfer, read_size: int, activity: _Activity) -> None:
+    while True:
+        if t.state is TransferState.RUNNING:
+            try:
+                chunk = await t.src.read(read_size)
+            except _EXPECTED as exc:
+                raise _DirectionFailed(t.src_name, "read", exc) from exc
+            if not chunk:
+                t.state = TransferState.SHUTTING_DOWN
+                continue
+            activity.touch()
+            await _write_all(t, chunk, activity)
+        elif t.state is TransferState.SHUTTING_DOWN:
+            try:
+                await t.dst.write_eof()
+            except _EXPECTED as exc:
+                raise _DirectionFailed(t.dst_name, "write_eof", exc) from exc
+            t.state = TransferState.DONE
+        else:
+            return
+
+
+async def _abort_both(a: ByteStream, b: ByteStream, reason: str) -> None:
+    await asyncio.gather(a.abort(reason), b.abort(reason), return_exceptions=True)
+
+
+async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def copy_bidirectional(
+    a: ByteStream,
+    b: ByteStream,
+    *,
+    read_size: int = DEFAULT_READ_SIZE,
+    idle_timeout: float | None = None,
+    names: tuple[str, str] = ("a", "b"),
+) -> tuple[int, int]:
+    """Copy ``a -> b`` and ``b -> a`` until both reach EOF; close both.
+
+    Returns ``(a_to_b, b_to_a)``, the payload bytes each destination accepted.
+    ``names`` label the streams in error messages and abort reasons.
+
+    Raises :class:`RelayError` (with partial counts) when a read, write or
+    ``write_eof`` fails, and :class:`IdleTimeout` when no payload moved for
+    ``idle_timeout`` seconds; both streams are aborted first. Cancelling the
+    relay aborts both streams too.
+    """
+    a_name, b_name = names
+    forward = Transfer(a, b, a_name, b_name)
+    backward = Transfer(b, a, b_name, a_name)
+    activity = _Activity()
+    transfers = [
+        asyncio.ensure_future(_run(forward, read_size, activity)),
+        asyncio.ensure_future(_run(backward, read_size, activity)),
+    ]
+    watchdog = asyncio.ensure_future(activity.wait_idle(idle_timeout)) if idle_timeout else None
+    try:
+        error = await _wait(transfers, watchdog)
+    except BaseException:
+        await _cancel([*transfers, *([watchdog] if watchdog else [])])
+        await _abort_both(a, b, "tunnel cancelled")
+        raise
+    if watchdog is not None:
+        await _cancel([watchdog])
+    if error is None:
+        await asyncio.gather(a.close(), b.close(), return_exceptions=True)
+        return forward.count, backward.count
+    await _cancel(transfers)
+    counts = {"a_to_b": forward.count, "b_to_a": backward.count}
+    if isinstance(error, _DirectionFailed):
+        message = f"{error.stream} {error.operation} failed: {error.cause}"
+        await _abort_both(a, b, message)
+        stream = "a" if error.stream == a_name else "b"
+        raise RelayError(message, stream=stream, operation=error.operation, **counts) from (
+            error.cause
+        )
+    message = f"idle timeout: no data for {idle_timeout:g}s"
+    await _abort_both(a, b, message)
+    raise IdleTimeout(message, stream="", operation="idle", **counts)
+
+
+async def _wait(
+    transfers: list[asyncio.Task[None]], watchdog: asyncio.Future[None] | None
+) -> _DirectionFailed | IdleTimeout | None:
+    """Wait until both transfers finish, one fails, or the watchdog fires."""
+    pending: set[asyncio.Future[None]] = set(transfers)
+    if watchdog is not None:
+        pending.add(watchdog)
+    while any(not t.done() for t in transfers):
+        done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            if task is watchdog:
+                return IdleTimeout("idle", a_to_b=0, b_to_a=0, stream="", operation="idle")
+            exc = task.exception()
+            if isinstance(exc, _DirectionFailed):
+                return exc
+            if exc is not None:
+                raise exc
+    return None

@@ -1,0 +1,62 @@
+"""The one log line each tunnel leaves behind when it ends."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import time
+
+from .errors import IdleTimeout, RelayError
+
+__all__ = ["TunnelReport", "format_peer", "new_tunnel_id"]
+
+_ids = itertools.count(1)
+
+
+def new_tunnel_id(prefix: str) -> str:
+    """A short id, unique in this process, e.g. ``s42`` or ``c7``."""
+    return f"{prefix}{next(_ids)}"
+
+
+def format_peer(address: object) -> str:
+    """``host:port`` (IPv6 in brackets) from a socket address tuple."""
+    if isinstance(address, tuple) and len(address) >= 2:
+        host, port = address[0], address[1]
+        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    return str(address) if address else "-"
+
+
+@dataclasses.dataclass
+class TunnelReport:
+    """What happened to one tunnel. ``up`` is client->target payload bytes."""
+
+    id: str
+    peer: str
+    target: str
+    started: float = dataclasses.field(default_factory=time.monotonic)
+    up: int = 0
+    down: int = 0
+    end: str = "eof"
+    reason: str = ""
+
+    def finish(self, counts: tuple[int, int] | None, error: BaseException | None) -> None:
+        """Record the relay's outcome: its counts, or the error that ended it."""
+        if counts is not None:
+            self.up, self.down = counts
+        if isinstance(error, RelayError):
+            self.up, self.down = error.a_to_b, error.b_to_a
+            self.end = "idle-timeout" if isinstance(error, IdleTimeout) else "error"
+            self.reason = str(error)
+        elif error is not None:
+            self.end = "error"
+            self.reason = str(error) or type(error).__name__
+
+    def line(self) -> str:
+        duration = time.monotonic() - self.started
+        text = (
+            f"tunnel closed id={self.id} peer={self.peer} target={self.target} "
+            f"up={self.up} down={self.down} duration={duration:.3f}s end={self.end}"
+        )
+        if self.reason:
+            text += f' reason="{self.reason}"'
+        return text

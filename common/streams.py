@@ -1,0 +1,578 @@
+"""The byte-stream contract and its two adapters: TCP and WebSocket.
+
+Every stream the relay touches keeps the promises of :class:`ByteStream`,
+modelled on trio's ``HalfCloseableStream``:
+
+- ``read(max_bytes)`` returns at most ``max_bytes``, and ``b""`` if, and only
+  if, the peer has finished sending. Failures raise :class:`StreamBroken`.
+- ``write(data)`` takes the whole non-empty chunk, waits for the transport
+  to drain (backpressure) and returns ``len(data)``: payload bytes only.
+- ``write_eof()`` ends this direction; the other keeps flowing. Idempotent.
+- ``close()`` is graceful and idempotent and always ends with the resource
+  closed; ``abort()`` is immediate and makes the far side see an error.
+
+One task may read while another writes; two concurrent readers (or writers)
+are a bug in the caller.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import collections
+import contextlib
+import socket
+import struct
+from collections.abc import Callable
+from typing import Any, cast
+
+from websockets.asyncio.client import ClientConnection
+from websockets.asyncio.connection import Connection
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
+
+from .errors import StreamBroken, StreamClosed, describe_os_error
+from .protocol import CLEAN_CLOSE_CODES, EOF_MARKER, CloseCode, Target
+
+__all__ = [
+    "DEFAULT_READ_SIZE",
+    "WS_MAX_QUEUE",
+    "WS_MAX_SIZE",
+    "WS_WRITE_LIMIT",
+    "ByteStream",
+    "TcpStream",
+    "TunnelClientConnection",
+    "TunnelServerConnection",
+    "WebSocketStream",
+    "open_tcp",
+    "tcp_protocol_factory",
+]
+
+#: Bytes asked for per read by the relay. One read becomes one message.
+DEFAULT_READ_SIZE = 64 * 1024
+
+#: Largest WebSocket message accepted. Our peers send at most one read.
+WS_MAX_SIZE = 1024 * 1024
+
+#: Frames queued before websockets stops reading the socket (backpressure).
+WS_MAX_QUEUE = 8
+
+#: Outgoing bytes buffered before ``write()`` waits for the transport.
+WS_WRITE_LIMIT = 64 * 1024
+
+# Bytes a TcpStream buffers from the socket before it pauses reading.
+_TCP_READ_HIGH_WATER = 256 * 1024
+
+# How long close() waits for buffered output to flush before aborting.
+_CLOSE_TIMEOUT = 10.0
+
+# How long abort() gives a WebSocket close frame before dropping the socket.
+_ABORT_CLOSE_TIMEOUT = 2.0
+
+# struct linger {int l_onoff; int l_linger;}: on, 0 s -> close() sends RST.
+_LINGER_RST = struct.pack("ii", 1, 0)
+
+
+class ByteStream(abc.ABC):
+    """A bidirectional, half-closeable byte stream."""
+
+    @abc.abstractmethod
+    async def read(self, max_bytes: int) -> bytes:
+        """Read up to ``max_bytes``; ``b""`` if, and only if, the peer sent EOF.
+
+        Raises :class:`StreamBroken` when the peer or transport failed and
+        :class:`StreamClosed` after ``close()``/``abort()`` on this side.
+        Canceling ``read`` is safe: no data is lost.
+        """
+
+    @abc.abstractmethod
+    async def write(self, data: bytes) -> int:
+        """Send all of ``data`` and wait for the transport to drain.
+
+        Returns ``len(data)``, the payload bytes accepted. ``write(b"")`` raises
+        :class:`ValueError`; writing after ``write_eof()`` or ``close()`` raises
+        :class:`StreamClosed`. Canceling ``write`` may leave ``data`` partly
+        sent; the relay only cancels a write when it aborts the stream.
+        """
+
+    @abc.abstractmethod
+    async def write_eof(self) -> None:
+        """Signal that this side will send nothing more. Idempotent."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Close gracefully; idempotent; the stream is closed even on failure."""
+
+    @abc.abstractmethod
+    async def abort(self, reason: str = "") -> None:
+        """Close at once, so that the far side sees an error, not an EOF."""
+
+
+# --------------------------------------------------------------------- TCP
+
+
+class _TcpProtocol(asyncio.Protocol):
+    """Receives into a queue of chunks; a TcpStream reads from that queue.
+
+    Chunks are handed out as the transport delivered them, so the common case
+    (a chunk no larger than the read size) costs no copy.
+    """
+
+    def __init__(self, on_connected: Callable[[TcpStream], None] | None = None) -> None:
+        self._on_connected = on_connected
+        self.stream: TcpStream | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports quack like asyncio.Transport without subclassing it.
+        transport = cast(asyncio.Transport, transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.stream = TcpStream(transport)
+        if self._on_connected is not None:
+            self._on_connected(self.stream)
+
+    def data_received(self, data: bytes) -> None:
+        assert self.stream is not None
+        self.stream._feed(data)
+
+    def eof_received(self) -> bool:
+        assert self.stream is not None
+        self.stream._feed_eof()
+        return True  # keep the transport open: our write side goes on (half-close)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.stream is not None:
+            self.stream._lost(exc)
+
+    def pause_writing(self) -> None:
+        assert self.stream is not None
+        self.stream._write_paused = True
+
+    def resume_writing(self) -> None:
+        assert self.stream is not None
+        self.stream._resume_writing()
+
+
+def tcp_protocol_factory(
+    on_connected: Callable[[TcpStream], None],
+) -> Callable[[], asyncio.Protocol]:
+    """A protocol factory for ``loop.create_server`` handing out TcpStreams."""
+    return lambda: _TcpProtocol(on_connected)
+
+
+async def open_tcp(host: str, port: int) -> TcpStream:
+    """Connect to ``host:port``. OS errors propagate unchanged (callers map them)."""
+    loop = asyncio.get_running_loop()
+    _, protocol = await loop.create_connection(_TcpProtocol, host, port)
+    assert isinstance(protocol, _TcpProtocol)
+    assert protocol.stream is not None
+    return protocol.stream
+
+
+class TcpStream(ByteStream):
+    """A TCP connection: half-close through ``shutdown(SHUT_WR)``, abort by RST."""
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        self._loop = asyncio.get_running_loop()
+        # Received chunks not yet read, and their total size.
+        self._chunks: collections.deque[bytes] = collections.deque()
+        self._buffered = 0
+        # Set when the peer sent FIN.
+        self._eof_rcvd = False
+        # Set when the transport is gone; _error holds why, if it failed.
+        self._connection_lost = False
+        self._error: Exception | None = None
+        # Set by write_eof(); set by close()/abort().
+        self._eof_sent = False
+        self._closed = False
+        # Woken when data, EOF or connection loss arrives.
+        self._read_waiter: asyncio.Future[None] | None = None
+        self._reading_paused = False
+        # Flow control on the write side, driven by the transport.
+        self._write_paused = False
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self._lost_waiter: asyncio.Future[None] = self._loop.create_future()
+        self.peername: tuple[Any, ...] | None = transport.get_extra_info("peername")
+        self.sockname: tuple[Any, ...] | None = transport.get_extra_info("sockname")
+
+    # Callbacks from _TcpProtocol.
+
+    def _wake_reader(self) -> None:
+        waiter = self._read_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _feed(self, data: bytes) -> None:
+        self._chunks.append(data)
+        self._buffered += len(data)
+        if self._buffered > _TCP_READ_HIGH_WATER and not self._reading_paused:
+            self._reading_paused = True
+            self._transport.pause_reading()
+        self._wake_reader()
+
+    def _feed_eof(self) -> None:
+        self._eof_rcvd = True
+        self._wake_reader()
+
+    def _lost(self, exc: Exception | None) -> None:
+        self._connection_lost = True
+        self._error = exc
+        self._wake_reader()
+        waiter = self._drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        if not self._lost_waiter.done():
+            self._lost_waiter.set_result(None)
+
+    def _resume_writing(self) -> None:
+        self._write_paused = False
+        waiter = self._drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # The ByteStream contract.
+
+    def _broken(self) -> StreamBroken:
+        if self._error is not None:
+            return StreamBroken(describe_os_error(self._error))
+        return StreamBroken("connection lost")
+
+    async def read(self, max_bytes: int) -> bytes:
+        if max_bytes <= 0:
+            raise ValueError("max_bytes must be positive")
+        while not self._chunks:
+            if self._closed:
+                raise StreamClosed("read from a closed stream")
+            if self._error is not None:
+                raise self._broken() from self._error
+            if self._eof_rcvd:
+                return b""
+            if self._connection_lost:
+                raise self._broken()
+            self._read_waiter = self._loop.create_future()
+            try:
+                await self._read_waiter
+            finally:
+                self._read_waiter = None
+        chunk = self._chunks[0]
+        if len(chunk) <= max_bytes:
+            self._chunks.popleft()
+        else:
+            self._chunks[0] = chunk[max_bytes:]
+            chunk = chunk[:max_bytes]
+        self._buffered -= len(chunk)
+        if self._reading_paused and self._buffered <= _TCP_READ_HIGH_WATER // 4:
+            self._reading_paused = False
+            if not self._connection_lost:
+                self._transport.resume_reading()
+        return chunk
+
+    async def write(self, data: bytes) -> int:
+        if not data:
+            raise ValueError("write() needs a non-empty chunk; use write_eof() to end")
+        if self._closed:
+            raise StreamClosed("write to a closed stream")
+        if self._eof_sent:
+            raise StreamClosed("write after write_eof()")
+        if self._connection_lost or self._transport.is_closing():
+            raise self._broken() from self._error
+        self._transport.write(data)
+        while self._write_paused and not self._connection_lost:
+            self._drain_waiter = self._loop.create_future()
+            try:
+                await self._drain_waiter
+            finally:
+                self._drain_waiter = None
+        if self._connection_lost and self._error is not None:
+            raise self._broken() from self._error
+        return len(data)
+
+    async def write_eof(self) -> None:
+        if self._eof_sent or self._closed:
+            return
+        self._eof_sent = True
+        if self._connection_lost:
+            raise self._broken() from self._error
+        if self._transport.can_write_eof():
+            self._transport.write_eof()
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._transport.close()
+        try:
+            await asyncio.wait_for(asyncio.shield(self._lost_waiter), _CLOSE_TIMEOUT)
+        except TimeoutError:
+            self._transport.abort()
+        finally:
+            self._wake_reader()
+
+    async def abort(self, reason: str = "") -> None:
+        if self._closed and self._connection_lost:
+            return
+        self._closed = True
+        sock = self._transport.get_extra_info("socket")
+        if sock is not None and not self._connection_lost:
+            # If the socket is already gone, abort() below still closes it.
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
+        self._transport.abort()
+        self._wake_reader()
+
+    def __repr__(self) -> str:
+        return f"<TcpStream peer={self.peername!r}>"
+
+
+# --------------------------------------------------------------- WebSocket
+
+
+class _LivenessMixin:
+    """Timestamps every byte received, so any frame counts as proof of life."""
+
+    loop: asyncio.AbstractEventLoop
+    last_received: float
+    _rx_waiter: asyncio.Future[None] | None
+
+    def _init_liveness(self) -> None:
+        self.last_received = self.loop.time()
+        self._rx_waiter = None
+
+    def _mark_alive(self) -> None:
+        self.last_received = self.loop.time()
+        waiter = self._rx_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def wait_received(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds for any bytes from the peer."""
+        self._rx_waiter = self.loop.create_future()
+        try:
+            await asyncio.wait_for(asyncio.shield(self._rx_waiter), timeout)
+        except TimeoutError:
+            pass
+        finally:
+            self._rx_waiter = None
+
+
+class TunnelServerConnection(_LivenessMixin, ServerConnection):
+    """websockets' server connection plus liveness stamps and the dialled target.
+
+    ``target_stream`` holds the target connection dialled during the
+    handshake until the tunnel handler takes it; if the handshake never
+    completes, the connection aborts it when the socket goes away.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._init_liveness()
+        self.target_stream: TcpStream | None = None
+        # The target that target_stream is connected to.
+        self.target: Target | None = None
+
+    def data_received(self, data: bytes) -> None:
+        self._mark_alive()
+        super().data_received(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        stream, self.target_stream = self.target_stream, None
+        if stream is not None:
+            self.loop.create_task(stream.abort("handshake did not complete"))
+
+
+class TunnelClientConnection(_LivenessMixin, ClientConnection):
+    """websockets' client connection plus liveness stamps."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._init_liveness()
+
+    def data_received(self, data: bytes) -> None:
+        self._mark_alive()
+        super().data_received(data)
+
+
+def _describe_close(exc: ConnectionClosed) -> str:
+    if exc.rcvd is not None:
+        reason = f" ({exc.rcvd.reason})" if exc.rcvd.reason else ""
+        return f"peer closed the WebSocket with {exc.rcvd.code}{reason}"
+    if exc.sent is not None:
+        return f"WebSocket closed by this side with {exc.sent.code}"
+    return "WebSocket connection lost without a close frame"
+
+
+class WebSocketStream(ByteStream):
+    """A tunnel over one WebSocket connection.
+
+    ``eof_markers`` is true when ``wstun.v1`` was negotiated: then an empty
+    binary message is the EOF of one direction. Without it (websocat, a
+    browser), ``write_eof()`` closes the WebSocket and a clean close is EOF.
+
+    Keepalive: every ``ping_interval`` seconds a ping goes out; if nothing at
+    all arrives from the peer within ``ping_timeout`` after it, the peer is
+    taken for dead. Bytes of any frame count, and a socket whose reading is
+    paused because *we* are slow to consume never counts as dead.
+    """
+
+    def __init__(
+        self,
+        connection: TunnelServerConnection | TunnelClientConnection,
+        *,
+        eof_markers: bool,
+        ping_interval: float | None = None,
+        ping_timeout: float | None = None,
+    ) -> None:
+        self._ws = connection
+        self.eof_markers = eof_markers
+        # Remainder of a message larger than the last read asked for.
+        self._pending = b""
+        self._eof_rcvd = False
+        self._eof_sent = False
+        self._closed = False
+        # Why the keepalive gave up on the peer, for the read/write error.
+        self._dead_reason: str | None = None
+        self.keepalive_task: asyncio.Task[None] | None = None
+        if ping_interval:
+            self.keepalive_task = asyncio.get_running_loop().create_task(
+                self._keepalive(ping_interval, ping_timeout or None)
+            )
+
+    @property
+    def connection(self) -> Connection:
+        return self._ws
+
+    def _broken(self, exc: ConnectionClosed) -> StreamBroken:
+        return StreamBroken(self._dead_reason or _describe_close(exc))
+
+    def _is_clean(self, exc: ConnectionClosed) -> bool:
+        if exc.rcvd is not None and exc.rcvd.code in CLEAN_CLOSE_CODES:
+            return True
+        # Without EOF markers, our write_eof() is a close: the read side
+        # ending because of it is the documented end of a plain tunnel.
+        return not self.eof_markers and self._eof_sent and exc.sent is not None
+
+    async def read(self, max_bytes: int) -> bytes:
+        if max_bytes <= 0:
+            raise ValueError("max_bytes must be positive")
+        if self._closed:
+            raise StreamClosed("read from a closed stream")
+        while not self._pending:
+            if self._eof_rcvd:
+                return b""
+            try:
+                message = await self._ws.recv()
+            except ConnectionClosed as exc:
+                if self._is_clean(exc):
+                    self._eof_rcvd = True
+                    return b""
+                if self._closed:
+                    raise StreamClosed("read from a closed stream") from exc
+                raise self._broken(exc) from exc
+            if isinstance(message, str):
+                await self._fail(CloseCode.UNSUPPORTED_DATA, "text messages are not supported")
+                raise StreamBroken("peer sent a text message; only binary is allowed")
+            if message == EOF_MARKER:
+                if self.eof_markers:
+                    self._eof_rcvd = True
+                    return b""
+                continue  # an empty message carries nothing in plain mode
+            self._pending = message
+        chunk = self._pending
+        if len(chunk) <= max_bytes:
+            self._pending = b""
+            return chunk
+        self._pending = chunk[max_bytes:]
+        return chunk[:max_bytes]
+
+    async def write(self, data: bytes) -> int:
+        if not data:
+            raise ValueError("write() needs a non-empty chunk; use write_eof() to end")
+        if self._closed:
+            raise StreamClosed("write to a closed stream")
+        if self._eof_sent:
+            raise StreamClosed("write after write_eof()")
+        try:
+            await self._ws.send(data)
+        except ConnectionClosed as exc:
+            raise self._broken(exc) from exc
+        return len(data)
+
+    async def write_eof(self) -> None:
+        if self._eof_sent or self._closed:
+            return
+        self._eof_sent = True
+        if not self.eof_markers:
+            await self._ws.close(CloseCode.NORMAL)
+            return
+        try:
+            await self._ws.send(EOF_MARKER)
+        except ConnectionClosed as exc:
+            raise self._broken(exc) from exc
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._stop_keepalive()
+        try:
+            await self._ws.close(CloseCode.NORMAL)
+        finally:
+            # close() gives up after its close_timeout; make sure the socket goes.
+            if not self._ws.transport.is_closing():
+                self._ws.transport.abort()
+
+    async def abort(self, reason: str = "") -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._stop_keepalive()
+        await self._fail(CloseCode.INTERNAL_ERROR, reason)
+
+    async def _fail(self, code: int, reason: str) -> None:
+        """Send a close frame with ``code`` (briefly), then drop the socket."""
+        try:
+            await asyncio.wait_for(self._ws.close(code, reason[:120]), _ABORT_CLOSE_TIMEOUT)
+        except (TimeoutError, OSError):
+            pass
+        finally:
+            self._ws.transport.abort()
+
+    def _stop_keepalive(self) -> None:
+        task = self.keepalive_task
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+        self.keepalive_task = None
+
+    async def _keepalive(self, interval: float, timeout: float | None) -> None:
+        ws = self._ws
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                await asyncio.sleep(interval)
+                sent_at = loop.time()
+                # A ping stuck behind a full send buffer is judged below by
+                # what we receive, not by whether it went out.
+                with contextlib.suppress(ConnectionClosed, TimeoutError):
+                    await asyncio.wait_for(ws.ping(), timeout or interval)
+                if timeout is None:
+                    continue
+                deadline = sent_at + timeout
+                while ws.last_received < sent_at:
+                    if ws.recv_messages.paused:
+                        break  # our own backlog: the peer was sending, we are slow
+                    remaining = deadline - loop.time()
+                    if remaining <= 0:
+                        self._dead_reason = (
+                            f"keepalive timeout: nothing received from the peer "
+                            f"for {loop.time() - ws.last_received:.1f}s"
+                        )
+                        ws.transport.abort()
+                        return
+                    await ws.wait_received(remaining)
+        except asyncio.CancelledError:
+            raise
+        except ConnectionClosed:
+            return
