@@ -58,6 +58,7 @@ def _check_url(ctx: click.Context, param: click.Parameter, value: str) -> str:
     "-L",
     "--local",
     "forwards",
+    envvar=f"{ENV_PREFIX}_LOCAL",
     type=_ForwardType(),
     multiple=True,
     required=True,

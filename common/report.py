@@ -49,7 +49,7 @@ class TunnelReport:
             self.reason = str(error)
         elif error is not None:
             self.end = "error"
-            self.reason = str(error) or type(error).__name__
+            self.reason = self.reason or str(error) or type(error).__name__
 
     def line(self) -> str:
         duration = time.monotonic() - self.started

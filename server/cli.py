@@ -42,6 +42,7 @@ logger = logging.getLogger("wstun.server")
 @click.option(
     "--path",
     "path_prefix",
+    envvar=f"{ENV_PREFIX}_PATH",
     default="/",
     show_default=True,
     help="URL path of the tunnel endpoint, e.g. /tunnel (other paths answer 404).",
@@ -57,6 +58,7 @@ logger = logging.getLogger("wstun.server")
 @click.option(
     "--to",
     "default_target",
+    envvar=f"{ENV_PREFIX}_TO",
     type=TARGET,
     help="Target for clients that name none (allowed implicitly).",
 )

@@ -1,0 +1,57 @@
+"""wstun-client's command line: options, environment, clear errors."""
+
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+
+from client.cli import main
+
+
+def run(args: list[str], env: dict[str, str] | None = None) -> tuple[int, str]:
+    result = CliRunner().invoke(main, args, env=env or {}, catch_exceptions=False)
+    return result.exit_code, result.output
+
+
+def test_forwards_listed() -> None:
+    """Each -L is parsed into a listen address and a target."""
+    code, out = run(
+        ["--check", "-L", "5432:db:5432", "-L", "[::1]:2222:[fd00::5]:22", "ws://h:8080/"]
+    )
+    assert code == 0, out
+    assert "forward: 127.0.0.1:5432 -> db:5432" in out
+    assert "forward: [::1]:2222 -> [fd00::5]:22" in out
+
+
+def test_from_environment() -> None:
+    """URL, -L and the token can come from WSTUN_URL, WSTUN_LOCAL, WSTUN_TOKEN."""
+    env = {"WSTUN_URL": "wss://h/t", "WSTUN_LOCAL": "1:a:1 2:b:2", "WSTUN_TOKEN": "x"}
+    code, out = run(["--check"], env=env)
+    assert code == 0, out
+    assert "server: wss://h/t" in out
+    assert "forward: 127.0.0.1:1 -> a:1" in out
+    assert "forward: 127.0.0.1:2 -> b:2" in out
+    assert "token: set" in out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["-L", "5432:db:5432", "http://h/"], "ws:// or wss://"),
+        (["-L", "5432:db", "ws://h/"], "HOST:HOSTPORT"),
+        (["ws://h/"], "Missing option '-L'"),
+        (["-L", "1:a:1"], "Missing argument 'URL'"),
+    ],
+)
+def test_bad_options_are_clear_errors(args: list[str], message: str) -> None:
+    """Bad options exit 2 with a message naming the problem."""
+    code, out = run(["--check", *args])
+    assert code == 2
+    assert message in out
+
+
+def test_token_with_whitespace_rejected() -> None:
+    """A token that would break the Authorization header is refused up front."""
+    code, out = run(["--check", "-L", "1:a:1", "ws://h/"], env={"WSTUN_TOKEN": "a b"})
+    assert code == 2
+    assert "whitespace" in out

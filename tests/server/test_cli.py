@@ -1,0 +1,84 @@
+"""wstun-server's command line: options, environment, clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from server.cli import main
+
+
+def run(args: list[str], env: dict[str, str] | None = None) -> tuple[int, str]:
+    result = CliRunner().invoke(main, args, env=env or {}, catch_exceptions=False)
+    return result.exit_code, result.output
+
+
+def test_defaults() -> None:
+    """Without options the server listens on loopback:8080 and allows nothing."""
+    code, out = run(["--check"], env={"WSTUN_TOKEN": ""})
+    assert code == 0
+    assert "listen: 127.0.0.1:8080" in out
+    assert "allow: (none)" in out
+    assert "token: not set" in out
+    assert "ping interval: 20.0" in out
+
+
+def test_options_from_environment(tmp_path: Path) -> None:
+    """Every option can come from WSTUN_*; repeatable ones split on spaces."""
+    env = {
+        "WSTUN_LISTEN": "0.0.0.0:9000",
+        "WSTUN_ALLOW": "db:5432 cache:*",
+        "WSTUN_TO": "[::1]:22",
+        "WSTUN_PATH": "/tunnel/",
+        "WSTUN_PING_INTERVAL": "0",
+        "WSTUN_TOKEN": "s3cret",
+    }
+    code, out = run(["--check"], env=env)
+    assert code == 0, out
+    assert "listen: 0.0.0.0:9000" in out
+    assert "allow: db:5432, cache:*, [::1]:22" in out
+    assert "default target: [::1]:22" in out
+    assert "path: /tunnel" in out
+    assert "ping interval: off" in out
+    assert "token: set" in out
+
+
+def test_token_file(tmp_path: Path) -> None:
+    """--token-file is read and trimmed; an empty file is an error."""
+    good = tmp_path / "token"
+    good.write_text("abc\n")
+    assert "token: set" in run(["--check", "--token-file", str(good)])[1]
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    code, out = run(["--check", "--token-file", str(empty)])
+    assert code == 2
+    assert "is empty" in out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--allow", "db"], "expected HOST:PORT"),
+        (["--allow", "db:99999"], "between 1 and 65535"),
+        (["--to", "db:0"], "between 1 and 65535"),
+        (["--listen", "nowhere"], "expected HOST:PORT"),
+        (["--path", "tunnel"], "must start with '/'"),
+        (["--connect-timeout", "0"], "--connect-timeout"),
+        (["--ping-interval", "-1"], "--ping-interval"),
+    ],
+)
+def test_bad_options_are_clear_errors(args: list[str], message: str) -> None:
+    """Bad options exit 2 with a message naming the problem."""
+    code, out = run([*args, "--check"])
+    assert code == 2
+    assert message in out
+
+
+def test_help_mentions_environment() -> None:
+    """--help documents the options and the WSTUN_ environment."""
+    code, out = run(["--help"])
+    assert code == 0
+    for word in ["--listen", "--allow", "--to", "--token-file", "--ping-interval", "WSTUN_"]:
+        assert word in out
