@@ -65,6 +65,9 @@ class _Activity:
     def __init__(self) -> None:
         self._loop = asyncio.get_running_loop()
         self.last = self._loop.time()
+        # Set the moment the relay fails (a direction or the idle watchdog):
+        # no write_eof() after that.
+        self.failed = False
 
     def touch(self) -> None:
         self.last = self._loop.time()
@@ -102,6 +105,16 @@ async def _write_all(t: Transfer, chunk: bytes, activity: _Activity) -> None:
 
 
 async def _run(t: Transfer, read_size: int, activity: _Activity) -> None:
+    try:
+        await _copy(t, read_size, activity)
+    except _DirectionFailed:
+        # Set before the other direction can run again: it may have read its
+        # EOF in the same loop iteration and must not half-close after an error.
+        activity.failed = True
+        raise
+
+
+async def _copy(t: Transfer, read_size: int, activity: _Activity) -> None:
     while True:
         if t.state is TransferState.RUNNING:
             try:
@@ -114,6 +127,8 @@ async def _run(t: Transfer, read_size: int, activity: _Activity) -> None:
             activity.touch()
             await _write_all(t, chunk, activity)
         elif t.state is TransferState.SHUTTING_DOWN:
+            if activity.failed:
+                return  # the relay is about to abort both streams
             try:
                 await t.dst.write_eof()
             except _EXPECTED as exc:
@@ -162,6 +177,9 @@ async def copy_bidirectional(
     watchdog = asyncio.ensure_future(activity.wait_idle(idle_timeout)) if idle_timeout else None
     try:
         error = await _wait(transfers, watchdog)
+        # Before any other await: a direction that reaches EOF from here on
+        # must not half-close a relay that is about to abort.
+        activity.failed = error is not None
     except BaseException:
         await _cancel([*transfers, *([watchdog] if watchdog else [])])
         await _abort_both(a, b, "tunnel cancelled")

@@ -30,6 +30,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.connection import Connection
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
+from websockets.protocol import State
 
 from .errors import StreamBroken, StreamClosed, describe_os_error
 from .protocol import CLEAN_CLOSE_CODES, EOF_MARKER, CloseCode, Target
@@ -242,6 +243,8 @@ class TcpStream(ByteStream):
     async def read(self, max_bytes: int) -> bytes:
         if max_bytes <= 0:
             raise ValueError("max_bytes must be positive")
+        if self._closed:
+            raise StreamClosed("read from a closed stream")
         while not self._chunks:
             if self._closed:
                 raise StreamClosed("read from a closed stream")
@@ -285,6 +288,8 @@ class TcpStream(ByteStream):
                 await self._drain_waiter
             finally:
                 self._drain_waiter = None
+        if self._closed:
+            raise StreamClosed("stream closed while the write waited to drain")
         if self._connection_lost and self._error is not None:
             raise self._broken() from self._error
         return len(data)
@@ -393,6 +398,11 @@ class TunnelClientConnection(_LivenessMixin, ClientConnection):
     def data_received(self, data: bytes) -> None:
         self._mark_alive()
         super().data_received(data)
+
+
+def _closed(connection: Connection) -> bool:
+    # A function, not an inline test: the state changes while we await.
+    return connection.state is State.CLOSED
 
 
 def _describe_close(exc: ConnectionClosed) -> str:
@@ -550,7 +560,7 @@ class WebSocketStream(ByteStream):
         ws = self._ws
         loop = asyncio.get_running_loop()
         try:
-            while True:
+            while not _closed(ws):
                 await asyncio.sleep(interval)
                 sent_at = loop.time()
                 # A ping stuck behind a full send buffer is judged below by
@@ -560,7 +570,7 @@ class WebSocketStream(ByteStream):
                 if timeout is None:
                     continue
                 deadline = sent_at + timeout
-                while ws.last_received < sent_at:
+                while ws.last_received < sent_at and not _closed(ws):
                     if ws.recv_messages.paused:
                         break  # our own backlog: the peer was sending, we are slow
                     remaining = deadline - loop.time()
