@@ -21,7 +21,7 @@ from websockets.exceptions import InvalidHandshake, InvalidStatus
 from websockets.typing import Subprotocol
 
 from common import __version__
-from common.errors import HandshakeError, RelayError, TargetError, describe_os_error
+from common.errors import HandshakeError, TargetError, describe_os_error
 from common.protocol import (
     AUTHORIZATION_HEADER,
     SUBPROTOCOL,
@@ -32,8 +32,7 @@ from common.protocol import (
     parse_port,
     parse_target,
 )
-from common.relay import copy_bidirectional
-from common.report import TunnelReport, format_peer, new_tunnel_id
+from common.report import TunnelReport, format_peer, new_tunnel_id, relay_and_report
 from common.streams import (
     DEFAULT_READ_SIZE,
     WS_MAX_QUEUE,
@@ -243,25 +242,16 @@ class TunnelClient:
         except asyncio.CancelledError:
             await local.abort()
             raise
-        counts: tuple[int, int] | None = None
-        error: BaseException | None = None
-        try:
-            counts = await copy_bidirectional(
-                local,
-                ws,
-                read_size=self.config.read_size,
-                idle_timeout=self.config.idle_timeout,
-                names=("local", "server"),
-            )
-        except RelayError as exc:
-            error = exc
-        except asyncio.CancelledError as exc:
-            error = exc
-            report.reason = "client shutting down"
-            raise
-        finally:
-            report.finish(counts, error)
-            logger.info("%s", report.line())
+        await relay_and_report(
+            local,
+            ws,
+            report,
+            logger,
+            read_size=self.config.read_size,
+            idle_timeout=self.config.idle_timeout,
+            names=("local", "server"),
+            cancel_reason="client shutting down",
+        )
 
     async def stop(self) -> None:
         """Stop listening, then end the tunnels still open."""

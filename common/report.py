@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import itertools
+import logging
 import time
 
 from .errors import IdleTimeout, RelayError
+from .relay import copy_bidirectional
+from .streams import ByteStream
 
-__all__ = ["TunnelReport", "format_peer", "new_tunnel_id"]
+__all__ = ["TunnelReport", "format_peer", "new_tunnel_id", "relay_and_report"]
 
 _ids = itertools.count(1)
 
@@ -60,3 +64,36 @@ class TunnelReport:
         if self.reason:
             text += f' reason="{self.reason}"'
         return text
+
+
+async def relay_and_report(
+    a: ByteStream,
+    b: ByteStream,
+    report: TunnelReport,
+    log: logging.Logger,
+    *,
+    read_size: int,
+    idle_timeout: float | None,
+    names: tuple[str, str],
+    cancel_reason: str,
+) -> None:
+    """Relay ``a`` (the client side) and ``b``, then log the tunnel's one line.
+
+    A relay error ends up in the report, not raised: the tunnel is over
+    either way. Cancellation is logged with ``cancel_reason`` and re-raised.
+    """
+    counts: tuple[int, int] | None = None
+    error: BaseException | None = None
+    try:
+        counts = await copy_bidirectional(
+            a, b, read_size=read_size, idle_timeout=idle_timeout, names=names
+        )
+    except RelayError as exc:
+        error = exc
+    except asyncio.CancelledError as exc:
+        error = exc
+        report.reason = cancel_reason
+        raise
+    finally:
+        report.finish(counts, error)
+        log.info("%s", report.line())

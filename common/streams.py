@@ -109,6 +109,16 @@ class ByteStream(abc.ABC):
         """Close at once, so that the far side sees an error, not an EOF."""
 
 
+def _check_writable(data: bytes, *, closed: bool, eof_sent: bool) -> None:
+    """The part of the write() contract every stream checks the same way."""
+    if not data:
+        raise ValueError("write() needs a non-empty chunk; use write_eof() to end")
+    if closed:
+        raise StreamClosed("write to a closed stream")
+    if eof_sent:
+        raise StreamClosed("write after write_eof()")
+
+
 # --------------------------------------------------------------------- TCP
 
 
@@ -273,12 +283,7 @@ class TcpStream(ByteStream):
         return chunk
 
     async def write(self, data: bytes) -> int:
-        if not data:
-            raise ValueError("write() needs a non-empty chunk; use write_eof() to end")
-        if self._closed:
-            raise StreamClosed("write to a closed stream")
-        if self._eof_sent:
-            raise StreamClosed("write after write_eof()")
+        _check_writable(data, closed=self._closed, eof_sent=self._eof_sent)
         if self._connection_lost or self._transport.is_closing():
             raise self._broken() from self._error
         self._transport.write(data)
@@ -498,12 +503,7 @@ class WebSocketStream(ByteStream):
         return chunk[:max_bytes]
 
     async def write(self, data: bytes) -> int:
-        if not data:
-            raise ValueError("write() needs a non-empty chunk; use write_eof() to end")
-        if self._closed:
-            raise StreamClosed("write to a closed stream")
-        if self._eof_sent:
-            raise StreamClosed("write after write_eof()")
+        _check_writable(data, closed=self._closed, eof_sent=self._eof_sent)
         try:
             await self._ws.send(data)
         except ConnectionClosed as exc:

@@ -21,7 +21,7 @@ from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
 from common import __version__
-from common.errors import RelayError, describe_os_error
+from common.errors import describe_os_error
 from common.protocol import (
     AUTHORIZATION_HEADER,
     SUBPROTOCOL,
@@ -35,8 +35,7 @@ from common.protocol import (
     path_matches,
     target_from_query,
 )
-from common.relay import copy_bidirectional
-from common.report import TunnelReport, format_peer, new_tunnel_id
+from common.report import TunnelReport, format_peer, new_tunnel_id, relay_and_report
 from common.streams import (
     DEFAULT_READ_SIZE,
     WS_MAX_QUEUE,
@@ -174,25 +173,16 @@ class TunnelServer:
             ping_timeout=self.config.ping_timeout,
         )
         logger.debug("tunnel open id=%s peer=%s target=%s", report.id, report.peer, target)
-        counts: tuple[int, int] | None = None
-        error: BaseException | None = None
-        try:
-            counts = await copy_bidirectional(
-                ws,
-                target_stream,
-                read_size=self.config.read_size,
-                idle_timeout=self.config.idle_timeout,
-                names=("client", "target"),
-            )
-        except RelayError as exc:
-            error = exc
-        except asyncio.CancelledError as exc:
-            error = exc
-            report.reason = "server shutting down"
-            raise
-        finally:
-            report.finish(counts, error)
-            logger.info("%s", report.line())
+        await relay_and_report(
+            ws,
+            target_stream,
+            report,
+            logger,
+            read_size=self.config.read_size,
+            idle_timeout=self.config.idle_timeout,
+            names=("client", "target"),
+            cancel_reason="server shutting down",
+        )
 
     # Lifecycle.
 
