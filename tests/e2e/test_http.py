@@ -1,0 +1,96 @@
+"""What wstun-server answers over plain HTTP: statuses and one-line reasons."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+from pathlib import Path
+
+import pytest
+
+from .conftest import Wstun, free_port
+
+TOKEN = "e2e-token"
+
+
+async def request(port: int, path: str, headers: dict[str, str]) -> tuple[int, str]:
+    """Send one GET and return the status and the body (for non-101 answers)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    lines = [f"GET {path} HTTP/1.1", f"Host: 127.0.0.1:{port}"]
+    lines += [f"{name}: {value}" for name, value in headers.items()]
+    writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+    try:
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        status = int(head.split(b" ", 2)[1])
+        if status == 101:
+            return status, ""
+        length = next(
+            int(line.split(b":", 1)[1])
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length:")
+        )
+        return status, (await reader.readexactly(length)).decode()
+    finally:
+        writer.close()
+
+
+def upgrade(token: str | None = TOKEN) -> dict[str, str]:
+    headers = {
+        "Upgrade": "websocket",
+        "Connection": "Upgrade",
+        "Sec-WebSocket-Key": base64.b64encode(os.urandom(16)).decode(),
+        "Sec-WebSocket-Version": "13",
+    }
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    return headers
+
+
+@pytest.fixture
+async def server(wstun: Wstun, target, tmp_path: Path) -> tuple[int, int, int]:
+    """A server at /tunnel with a token, allowing an open and a closed port."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.close()
+
+    open_port = await target(handler)
+    closed_port = free_port()
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN)
+    _, port = await wstun.server(
+        "--path", "/tunnel", "--token-file", str(token_file),
+        "--allow", f"127.0.0.1:{open_port}", "--allow", f"127.0.0.1:{closed_port}",
+    )  # fmt: skip
+    return port, open_port, closed_port
+
+
+@pytest.mark.parametrize(
+    ("path", "headers", "status", "reason"),
+    [
+        ("/healthz", {}, 200, "ok"),
+        ("/tunnel/healthz", {}, 200, "ok"),
+        ("/other?to=127.0.0.1:{open}", upgrade(), 404, "no tunnel endpoint at /other"),
+        ("/tunnel?to=127.0.0.1:{open}", {}, 426, "upgrade required"),
+        ("/tunnel?to=127.0.0.1:{open}", upgrade(None), 401, "missing bearer token"),
+        ("/tunnel?to=127.0.0.1:{open}", upgrade("wrong"), 401, "invalid token"),
+        ("/tunnel?to=nohost", upgrade(), 400, "bad target: expected HOST:PORT"),
+        ("/tunnel?to=127.0.0.1:0", upgrade(), 400, "between 1 and 65535"),
+        ("/tunnel", upgrade(), 400, "no target"),
+        ("/tunnel?to=127.0.0.1:1", upgrade(), 403, "target not allowed: 127.0.0.1:1"),
+        ("/tunnel?to=127.0.0.1:{closed}", upgrade(), 502, "connection refused"),
+        ("/tunnel?to=127.0.0.1:{open}", upgrade(), 101, ""),
+        ("/tunnel/?to=127.0.0.1:{open}", upgrade(), 101, ""),
+    ],
+)
+async def test_status_and_reason(
+    server: tuple[int, int, int], path: str, headers: dict[str, str], status: int, reason: str
+) -> None:
+    """Each refusal is its HTTP status with a one-line reason; good requests upgrade."""
+    port, open_port, closed_port = server
+    got_status, body = await request(port, path.format(open=open_port, closed=closed_port), headers)
+    assert got_status == status
+    assert reason in body
+    if body:
+        assert body.count("\n") == 1
+        assert body.endswith("\n")
