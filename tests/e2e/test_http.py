@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import os
+import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -94,3 +97,34 @@ async def test_status_and_reason(
     if body:
         assert body.count("\n") == 1
         assert body.endswith("\n")
+
+
+@pytest.fixture
+def unanswering_port() -> Iterator[int]:
+    """A listener whose accept queue is full: new connections hang in SYN_SENT."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port: int = listener.getsockname()[1]
+    fillers = []
+    for _ in range(3):
+        filler = socket.socket()
+        filler.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            filler.connect(("127.0.0.1", port))
+        fillers.append(filler)
+    try:
+        yield port
+    finally:
+        for sock in [*fillers, listener]:
+            sock.close()
+
+
+async def test_dial_timeout_is_504(wstun: Wstun, unanswering_port: int) -> None:
+    """A target that never accepts within --connect-timeout gets 504 with the reason."""
+    _, port = await wstun.server(
+        "--allow", f"127.0.0.1:{unanswering_port}", "--connect-timeout", "0.5"
+    )
+    status, body = await request(port, f"/?to=127.0.0.1:{unanswering_port}", upgrade(None))
+    assert status == 504
+    assert body == f"target 127.0.0.1:{unanswering_port} did not answer within 0.5s\n"

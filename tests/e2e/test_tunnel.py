@@ -6,6 +6,7 @@ app --TCP--> wstun-client --WS--> wstun-server --TCP--> target
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import signal
@@ -263,3 +264,28 @@ async def test_sigterm_ends_both_cleanly(wstun: Wstun, target) -> None:
     assert server.matches(r"shutting down")
     with pytest.raises(ConnectionRefusedError):  # the client stopped listening
         await asyncio.open_connection("127.0.0.1", local)
+
+
+async def test_idle_timeout_cuts_a_quiet_tunnel(wstun: Wstun, target) -> None:
+    """--idle-timeout: a tunnel that moves nothing is cut, and the app sees a reset."""
+    echoed = asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(await reader.readexactly(4))
+        echoed.set()
+        with contextlib.suppress(ConnectionError):
+            await reader.read()
+        writer.close()
+
+    port = await target(handler)
+    server, _, local = await wstun.tunnel(port, "--idle-timeout", "0.5")
+    reader, writer = await asyncio.open_connection("127.0.0.1", local)
+    try:
+        writer.write(b"ping")
+        assert await asyncio.wait_for(reader.readexactly(4), TIMEOUT) == b"ping"
+        with pytest.raises(ConnectionResetError):  # nothing moves: the server cuts it
+            await asyncio.wait_for(reader.read(), TIMEOUT)
+    finally:
+        writer.close()
+    (line,) = await server.wait_for(CLOSED.format(side="s"))
+    assert (line.group(1), line.group(2), line.group(3)) == ("4", "4", "idle-timeout")
