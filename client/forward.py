@@ -234,8 +234,9 @@ class TunnelClient:
             ws = await open_tunnel(self.config, forward.remote)
         except HandshakeError as exc:
             await local.abort()
-            status = f"{exc.status} " if exc.status else ""
-            self.failures.log(f"tunnel to {forward.remote} refused: {status}{exc.reason}")
+            # "refused" when the server answered; "failed" when it never did.
+            outcome = f"refused: {exc.status}" if exc.status else "failed:"
+            self.failures.log(f"tunnel to {forward.remote} {outcome} {exc.reason}")
             report.end, report.reason = "refused", str(exc)
             logger.debug("%s", report.line())
             return

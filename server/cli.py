@@ -43,6 +43,7 @@ logger = logging.getLogger("wstun.server")
     "--path",
     "path_prefix",
     envvar=f"{ENV_PREFIX}_PATH",
+    metavar="PREFIX",
     default="/",
     show_default=True,
     help="URL path of the tunnel endpoint, e.g. /tunnel (other paths answer 404).",

@@ -124,7 +124,7 @@ async def test_refused_target_closes_local_and_logs_502(wstun: Wstun) -> None:
     """A target that refuses: the app's connection ends, the client logs 502 and why."""
     closed_port = free_port()
     _, client, local = await wstun.tunnel(closed_port)
-    await refused_by_server(wstun, local)
+    await expect_reset(wstun, local)
     await client.wait_for(rf"refused: 502 target 127\.0\.0\.1:{closed_port}: connection refused")
 
 
@@ -156,7 +156,7 @@ async def test_target_reset_mid_stream_is_an_error_for_the_app(wstun: Wstun, tar
     assert "1011" in line.string
 
 
-async def refused_by_server(wstun: Wstun, local: int) -> None:
+async def expect_reset(wstun: Wstun, local: int) -> None:
     """As an application: connect and see the connection reset (a refused tunnel)."""
 
     async def connect_and_read() -> bytes:
@@ -188,7 +188,7 @@ async def test_token(wstun: Wstun, target, tmp_path: Path) -> None:
     bad_client, bad = await wstun.client(
         url, f"127.0.0.1:{port}", env={**os.environ, "WSTUN_TOKEN": "wrong"}
     )
-    await refused_by_server(wstun, bad)
+    await expect_reset(wstun, bad)
     await bad_client.wait_for(r"refused: 401 invalid token")
 
 
@@ -203,7 +203,7 @@ async def test_disallowed_target_403(wstun: Wstun, target) -> None:
     port = await target(handler)
     _, sport = await wstun.server("--allow", "127.0.0.1:1")
     client, local = await wstun.client(f"ws://127.0.0.1:{sport}/", f"127.0.0.1:{port}")
-    await refused_by_server(wstun, local)
+    await expect_reset(wstun, local)
     await client.wait_for(rf"refused: 403 target not allowed: 127\.0\.0\.1:{port}")
     assert dialled == []
 
@@ -213,7 +213,7 @@ async def test_wrong_path_404(wstun: Wstun, target) -> None:
     port = await target(both_ways_target(b"", asyncio.get_running_loop().create_future()))
     _, sport = await wstun.server("--allow", f"127.0.0.1:{port}", "--path", "/tunnel")
     client, local = await wstun.client(f"ws://127.0.0.1:{sport}/other", f"127.0.0.1:{port}")
-    await refused_by_server(wstun, local)
+    await expect_reset(wstun, local)
     await client.wait_for(r"refused: 404 no tunnel endpoint at /other")
 
 
@@ -223,7 +223,7 @@ async def test_same_failure_is_not_logged_for_every_connection(wstun: Wstun, tar
     server, sport = await wstun.server("--allow", "127.0.0.1:1")
     client, local = await wstun.client(f"ws://127.0.0.1:{sport}/", f"127.0.0.1:{port}")
     for _ in range(20):
-        await refused_by_server(wstun, local)
+        await expect_reset(wstun, local)
     await server.wait_for(r"rejected .*status=403", count=20)
     assert client.stop() == 0
     assert len(client.matches(r"refused: 403")) == 1
@@ -289,3 +289,12 @@ async def test_idle_timeout_cuts_a_quiet_tunnel(wstun: Wstun, target) -> None:
         writer.close()
     (line,) = await server.wait_for(CLOSED.format(side="s"))
     assert (line.group(1), line.group(2), line.group(3)) == ("4", "4", "idle-timeout")
+
+
+async def test_unreachable_server_is_logged_and_local_reset(wstun: Wstun) -> None:
+    """With no server listening, the app's connection is reset and the client says why."""
+    client, local = await wstun.client(f"ws://127.0.0.1:{free_port()}/", "127.0.0.1:1")
+    await expect_reset(wstun, local)
+    await client.wait_for(
+        r"tunnel to 127\.0\.0\.1:1 failed: can't reach server: connection refused"
+    )
