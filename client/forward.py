@@ -267,17 +267,10 @@ class TunnelClient:
         self._servers.clear()
 
 
-async def run_client(
-    config: ClientConfig,
-    stop: asyncio.Event,
-    *,
-    on_ready: Callable[[list[tuple[Forward, tuple[str, int]]]], None] | None = None,
-) -> None:
-    """Forward until ``stop`` is set."""
+async def run_client(config: ClientConfig, stop: asyncio.Event) -> None:
+    """Forward until ``stop`` is set, then stop listening and end tunnels."""
     client = TunnelClient(config)
-    bound = await client.start()
-    if on_ready is not None:
-        on_ready(bound)
+    await client.start()
     try:
         await stop.wait()
     finally:

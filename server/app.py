@@ -12,7 +12,7 @@ import asyncio
 import dataclasses
 import hmac
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from urllib.parse import urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -223,17 +223,10 @@ def _select_subprotocol(
     return Subprotocol(SUBPROTOCOL) if SUBPROTOCOL in offered else None
 
 
-async def run_server(
-    config: ServerConfig,
-    stop: asyncio.Event,
-    *,
-    on_ready: Callable[[list[tuple[str, int]]], None] | None = None,
-) -> None:
+async def run_server(config: ServerConfig, stop: asyncio.Event) -> None:
     """Serve until ``stop`` is set, then stop listening and end tunnels."""
     server = TunnelServer(config)
-    addresses = await server.start()
-    if on_ready is not None:
-        on_ready(addresses)
+    await server.start()
     try:
         await stop.wait()
     finally:
