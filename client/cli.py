@@ -118,6 +118,6 @@ async def _forward(config: ClientConfig) -> int:
     try:
         await run_client(config, stop)
     except OSError as exc:
-        logger.error("can't listen: %s", exc.strerror or exc)
+        logger.error("%s", exc.strerror or exc)
         return 1
     return 0

@@ -203,11 +203,17 @@ class TunnelClient:
         bound = []
         try:
             for forward in self.config.forwards:
-                server = await loop.create_server(
-                    tcp_protocol_factory(functools.partial(self._accepted, forward=forward)),
-                    forward.bind.host,
-                    forward.bind.port,
-                )
+                try:
+                    server = await loop.create_server(
+                        tcp_protocol_factory(functools.partial(self._accepted, forward=forward)),
+                        forward.bind.host,
+                        forward.bind.port,
+                    )
+                except OSError as exc:
+                    raise OSError(
+                        exc.errno,
+                        f"-L {forward}: can't listen on {forward.bind}: {describe_os_error(exc)}",
+                    ) from exc
                 self._servers.append(server)
                 for sock in server.sockets:
                     address = sock.getsockname()[:2]

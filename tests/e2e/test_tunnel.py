@@ -298,3 +298,19 @@ async def test_unreachable_server_is_logged_and_local_reset(wstun: Wstun) -> Non
     await client.wait_for(
         r"tunnel to 127\.0\.0\.1:1 failed: can't reach server: connection refused"
     )
+
+
+async def test_busy_local_port_is_a_clear_startup_error(wstun: Wstun) -> None:
+    """A -L port already in use: the client names that forward and exits 1."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = wstun.spawn(
+            [wstun.client_cmd, "-L", f"{port}:db:5432", f"ws://127.0.0.1:{free_port()}/"]
+        )
+        assert await asyncio.to_thread(proc.popen.wait, 20) == 1
+    await proc.wait_for(
+        rf"-L 127\.0\.0\.1:{port} -> db:5432: can't listen on 127\.0\.0\.1:{port}: "
+        "address already in use"
+    )
