@@ -28,6 +28,26 @@ from common.streams import (
 
 __all__ = ["KINDS", "MakePair", "StreamPair"]
 
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """Run every async stream and relay test on asyncio's loop and on uvloop.
+
+    The commands run on uvloop when it is installed, and its transports differ
+    from asyncio's in the details the contract depends on (half-close, RST).
+    """
+    factories: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
+        "asyncio": asyncio.new_event_loop
+    }
+    try:
+        import uvloop
+    except ImportError:
+        return factories
+    factories["uvloop"] = uvloop.new_event_loop
+    return factories
+
+
 #: The three stream flavours the conformance suite runs against.
 KINDS = ("tcp", "ws-v1", "ws-plain")
 
