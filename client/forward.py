@@ -35,9 +35,7 @@ from common.protocol import (
 from common.report import TunnelReport, format_peer, new_tunnel_id, relay_and_report
 from common.streams import (
     DEFAULT_READ_SIZE,
-    WS_MAX_QUEUE,
-    WS_MAX_SIZE,
-    WS_WRITE_LIMIT,
+    WS_OPTIONS,
     TcpStream,
     TunnelClientConnection,
     WebSocketStream,
@@ -136,11 +134,7 @@ async def open_tunnel(config: ClientConfig, target: Target | None) -> WebSocketS
             additional_headers=headers,
             subprotocols=[Subprotocol(SUBPROTOCOL)],
             create_connection=TunnelClientConnection,
-            compression=None,
-            ping_interval=None,  # keepalive is WebSocketStream's: any frame is life
-            max_size=WS_MAX_SIZE,
-            max_queue=WS_MAX_QUEUE,
-            write_limit=WS_WRITE_LIMIT,
+            **WS_OPTIONS,
             open_timeout=config.connect_timeout,
             user_agent_header=f"wstun/{__version__}",
             proxy=None,

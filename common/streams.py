@@ -23,7 +23,8 @@ import collections
 import contextlib
 import socket
 import struct
-from collections.abc import Callable
+import types
+from collections.abc import Callable, Mapping
 from typing import Any, cast
 
 from websockets.asyncio.client import ClientConnection
@@ -39,6 +40,7 @@ __all__ = [
     "DEFAULT_READ_SIZE",
     "WS_MAX_QUEUE",
     "WS_MAX_SIZE",
+    "WS_OPTIONS",
     "WS_WRITE_LIMIT",
     "ByteStream",
     "TcpStream",
@@ -60,6 +62,20 @@ WS_MAX_QUEUE = 8
 
 #: Outgoing bytes buffered before ``write()`` waits for the transport.
 WS_WRITE_LIMIT = 64 * 1024
+
+#: Options every wstun WebSocket is opened with, by ``serve`` and ``connect``
+#: alike. websockets' keepalive is off: WebSocketStream runs its own, which
+#: counts any frame as life. No permessage-deflate: tunnels carry TLS and
+#: compressed data.
+WS_OPTIONS: Mapping[str, Any] = types.MappingProxyType(
+    {
+        "compression": None,
+        "ping_interval": None,
+        "max_size": WS_MAX_SIZE,
+        "max_queue": WS_MAX_QUEUE,
+        "write_limit": WS_WRITE_LIMIT,
+    }
+)
 
 # Bytes a TcpStream buffers from the socket before it pauses reading.
 _TCP_READ_HIGH_WATER = 256 * 1024

@@ -38,9 +38,7 @@ from common.protocol import (
 from common.report import TunnelReport, format_peer, new_tunnel_id, relay_and_report
 from common.streams import (
     DEFAULT_READ_SIZE,
-    WS_MAX_QUEUE,
-    WS_MAX_SIZE,
-    WS_WRITE_LIMIT,
+    WS_OPTIONS,
     TcpStream,
     TunnelServerConnection,
     WebSocketStream,
@@ -197,11 +195,7 @@ class TunnelServer:
             create_connection=TunnelServerConnection,
             select_subprotocol=_select_subprotocol,
             subprotocols=[Subprotocol(SUBPROTOCOL)],
-            compression=None,
-            ping_interval=None,  # keepalive is WebSocketStream's: any frame is life
-            max_size=WS_MAX_SIZE,
-            max_queue=WS_MAX_QUEUE,
-            write_limit=WS_WRITE_LIMIT,
+            **WS_OPTIONS,
             server_header=f"wstun/{__version__}",
         )
         addresses = [sock.getsockname()[:2] for sock in self._server.sockets]

@@ -14,9 +14,7 @@ from websockets.typing import Subprotocol
 
 from common.protocol import SUBPROTOCOL
 from common.streams import (
-    WS_MAX_QUEUE,
-    WS_MAX_SIZE,
-    WS_WRITE_LIMIT,
+    WS_OPTIONS,
     ByteStream,
     TcpStream,
     TunnelClientConnection,
@@ -141,11 +139,7 @@ class MakePair:
             0,
             create_connection=TunnelServerConnection,
             select_subprotocol=_select_v1,
-            compression=None,
-            ping_interval=None,
-            max_size=WS_MAX_SIZE,
-            max_queue=WS_MAX_QUEUE,
-            write_limit=WS_WRITE_LIMIT,
+            **WS_OPTIONS,
         )
 
         async def stop_server() -> None:
@@ -158,11 +152,7 @@ class MakePair:
             f"ws://127.0.0.1:{port}/",
             create_connection=TunnelClientConnection,
             subprotocols=[Subprotocol(SUBPROTOCOL)] if offer_v1 else None,
-            compression=None,
-            ping_interval=None,
-            max_size=WS_MAX_SIZE,
-            max_queue=WS_MAX_QUEUE,
-            write_limit=WS_WRITE_LIMIT,
+            **WS_OPTIONS,
             proxy=None,
         )
         assert isinstance(client, TunnelClientConnection)
