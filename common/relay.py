@@ -60,7 +60,8 @@ class _DirectionFailed(Exception):
 
 
 class _Activity:
-    """When payload last moved in either direction (for the idle timeout)."""
+    """State both directions share: when payload last moved (for the idle
+    timeout) and whether the relay has failed (then no more write_eof)."""
 
     def __init__(self) -> None:
         self._loop = asyncio.get_running_loop()

@@ -269,11 +269,12 @@ class TcpStream(ByteStream):
     async def read(self, max_bytes: int) -> bytes:
         if max_bytes <= 0:
             raise ValueError("max_bytes must be positive")
-        if self._closed:
-            raise StreamClosed("read from a closed stream")
-        while not self._chunks:
+        while True:
+            # Checked on every wake-up too: close() may come while we wait.
             if self._closed:
                 raise StreamClosed("read from a closed stream")
+            if self._chunks:
+                break
             if self._error is not None:
                 raise self._broken() from self._error
             if self._eof_rcvd:
@@ -421,7 +422,7 @@ class TunnelClientConnection(_LivenessMixin, ClientConnection):
         super().data_received(data)
 
 
-def _closed(connection: Connection) -> bool:
+def _connection_closed(connection: Connection) -> bool:
     # A function, not an inline test: the state changes while we await.
     return connection.state is State.CLOSED
 
@@ -576,7 +577,7 @@ class WebSocketStream(ByteStream):
         ws = self._ws
         loop = asyncio.get_running_loop()
         try:
-            while not _closed(ws):
+            while not _connection_closed(ws):
                 await asyncio.sleep(interval)
                 sent_at = loop.time()
                 # A ping stuck behind a full send buffer is judged below by
@@ -586,7 +587,7 @@ class WebSocketStream(ByteStream):
                 if timeout is None:
                     continue
                 deadline = sent_at + timeout
-                while ws.last_received < sent_at and not _closed(ws):
+                while ws.last_received < sent_at and not _connection_closed(ws):
                     if ws.recv_messages.paused:
                         break  # our own backlog: the peer was sending, we are slow
                     remaining = deadline - loop.time()
