@@ -8,6 +8,7 @@ waits on a fixed delay. Every process is stopped by its own pid.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import re
 import shutil
 import signal
@@ -183,6 +184,11 @@ async def target() -> AsyncIterator[Callable[[Handler], Awaitable[int]]]:
     for server in servers:
         server.close()
         await server.wait_closed()
+
+
+def sha(data: bytes) -> str:
+    """SHA-256 hex digest, to compare payloads without printing megabytes."""
+    return hashlib.sha256(data).hexdigest()
 
 
 def free_port() -> int:

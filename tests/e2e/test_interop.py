@@ -9,7 +9,6 @@ application reads all of it, then sends its own payload and closes.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 import shutil
 import sys
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import Wstun, free_port, wait_listening
+from .conftest import Handler, Wstun, free_port, sha, wait_listening
 
 TIMEOUT = 60.0
 SIZE = 2 * 1024 * 1024
@@ -31,11 +30,7 @@ def websocat() -> str:
     return found
 
 
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def sending_target(down: bytes, received: asyncio.Future[bytes]):  # type: ignore[no-untyped-def]
+def sending_target(down: bytes, received: asyncio.Future[bytes]) -> Handler:
     """Sends ``down`` at once, then reads whatever comes to EOF."""
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import os
 import signal
 import socket
@@ -16,14 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import Handler, Wstun, free_port
+from .conftest import Handler, Wstun, free_port, sha
 
 TIMEOUT = 60.0
 CLOSED = r"tunnel closed id={side}\d+ .*up=(\d+) down=(\d+) .*end=(\S+)"
-
-
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 async def send_and_receive(port: int, payload: bytes) -> bytes:
