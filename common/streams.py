@@ -398,6 +398,8 @@ class TunnelServerConnection(_LivenessMixin, ServerConnection):
         self.target_stream: TcpStream | None = None
         # The target that target_stream is connected to.
         self.target: Target | None = None
+        # The real client's address (host:port), set during the handshake.
+        self.client_peer: str = "-"
 
     def data_received(self, data: bytes) -> None:
         self._mark_alive()

@@ -81,10 +81,17 @@ class TunnelServer:
 
     # Handshake: every check, then the dial, before 101.
 
+    def _client_peer(self, connection: TunnelServerConnection, request: Request) -> str:
+        """The real client's address as ``host:port``, for logs and limits.
+
+        Everything that logs or limits by client address goes through here.
+        """
+        return format_peer(connection.remote_address)
+
     def _reject(
         self, connection: TunnelServerConnection, rejection: HandshakeRejection
     ) -> Response:
-        peer = format_peer(connection.remote_address)
+        peer = connection.client_peer
         logger.info(
             "rejected peer=%s status=%d reason=%s", peer, rejection.status, rejection.reason
         )
@@ -140,6 +147,7 @@ class TunnelServer:
         self, connection: ServerConnection, request: Request
     ) -> Response | None:
         assert isinstance(connection, TunnelServerConnection)
+        connection.client_peer = self._client_peer(connection, request)
         url = urlsplit(request.path)
         if is_health_path(url.path, self.config.path) and "Upgrade" not in request.headers:
             return connection.respond(200, "ok\n")
@@ -161,9 +169,7 @@ class TunnelServer:
         if target_stream is None:  # the handshake was refused after all
             return
         target = connection.target
-        report = TunnelReport(
-            new_tunnel_id("s"), format_peer(connection.remote_address), str(target)
-        )
+        report = TunnelReport(new_tunnel_id("s"), connection.client_peer, str(target))
         ws = WebSocketStream(
             connection,
             eof_markers=connection.subprotocol == SUBPROTOCOL,
