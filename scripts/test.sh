@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# Set up a virtualenv with the test extras, then run lint, type checks and
+# Install the Debian packages the tests drive as real peers (when missing),
+# set up a virtualenv with the test extras, then run lint, type checks and
 # the whole test suite. Extra arguments go to pytest (e.g. -k relay).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+./scripts/install-debian-deps.sh
 
 PYTHON=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
