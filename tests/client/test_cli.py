@@ -39,7 +39,7 @@ def test_from_environment() -> None:
     [
         (["-L", "5432:db:5432", "http://h/"], "ws:// or wss://"),
         (["-L", "5432:db", "ws://h/"], "HOST:HOSTPORT"),
-        (["ws://h/"], "Missing option '-L'"),
+        (["ws://h/"], "give at least one -L or -D, or -W"),
         (["-L", "1:a:1"], "Missing argument 'URL'"),
     ],
 )
