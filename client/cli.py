@@ -25,7 +25,7 @@ from common.runtime import configure_logging, install_stop_signals, run
 
 from .forward import ClientConfig, Forward, parse_forward, run_client
 from .socks import Credentials, SocksProxy
-from .stdio import run_stdio
+from .stdio import stdio_main
 
 __all__ = ["main"]
 
@@ -166,7 +166,7 @@ def main(
         if ctx.get_parameter_source("log_level") is click.core.ParameterSource.DEFAULT:
             log_level = "warning"  # ssh shows a ProxyCommand's stderr to the user
         configure_logging(log_level)
-        sys.exit(run(lambda: _stdio(config, stdio_target)))
+        sys.exit(run(lambda: stdio_main(config, stdio_target)))
     configure_logging(log_level)
     sys.exit(run(lambda: _forward(config)))
 
@@ -195,12 +195,6 @@ def _socks_auth(user: str | None, password_file: Path | None) -> Credentials | N
     if not 0 < len(user.encode()) <= 255 or not 0 < len(password.encode()) <= 255:
         raise click.UsageError("SOCKS5 usernames and passwords are 1 to 255 bytes (RFC 1929)")
     return Credentials(user, password)
-
-
-async def _stdio(config: ClientConfig, target: Target) -> int:
-    stop = asyncio.Event()
-    install_stop_signals(stop)
-    return await run_stdio(config, target, stop)
 
 
 async def _forward(config: ClientConfig) -> int:

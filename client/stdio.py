@@ -25,6 +25,7 @@ import io
 import logging
 import os
 import queue
+import signal
 import stat
 import sys
 import threading
@@ -33,6 +34,7 @@ from typing import TYPE_CHECKING, Any, cast
 from common.errors import HandshakeError, StreamBroken, StreamClosed, describe_os_error
 from common.protocol import Target
 from common.report import TunnelReport, new_tunnel_id, relay_and_report
+from common.runtime import install_stop_signals
 from common.streams import ByteStream
 
 from .forward import open_tunnel
@@ -40,7 +42,14 @@ from .forward import open_tunnel
 if TYPE_CHECKING:
     from .forward import ClientConfig
 
-__all__ = ["StdioStream", "open_stdio", "run_stdio", "uses_pipe_transport"]
+__all__ = [
+    "HANGUP_GRACE",
+    "StdioStream",
+    "open_stdio",
+    "run_stdio",
+    "stdio_main",
+    "uses_pipe_transport",
+]
 
 logger = logging.getLogger("wstun.client")
 
@@ -52,6 +61,9 @@ _THREAD_READ_SIZE = 64 * 1024
 
 # How long close() waits for buffered output to flush before dropping it.
 _CLOSE_TIMEOUT = 10.0
+
+#: Seconds a tunnel gets to end by itself after SIGHUP.
+HANGUP_GRACE = 2.0
 
 
 def uses_pipe_transport(fd: int) -> bool:
@@ -457,12 +469,18 @@ def _fail(message: str) -> int:
     return 1
 
 
-async def run_stdio(config: ClientConfig, target: Target, stop: asyncio.Event) -> int:
-    """Tunnel stdin/stdout to ``target`` until both directions end or ``stop`` is set.
+async def run_stdio(
+    config: ClientConfig, target: Target, stop: asyncio.Event, hangup: asyncio.Event
+) -> int:
+    """Tunnel stdin/stdout to ``target`` until both directions end or a signal stops it.
+
+    ``stop`` ends the tunnel at once. ``hangup`` gives it :data:`HANGUP_GRACE`
+    seconds to end by itself first: ssh hangs up on its ProxyCommand as it
+    exits, usually a moment before the tunnel's own clean end arrives.
 
     Returns the exit status: 0 when both directions ended cleanly; 1 with a
     one-line reason on stderr when the server refused, the tunnel broke or
-    a signal stopped it.
+    a signal cut it.
     """
     try:
         remote = await open_tunnel(config, target)
@@ -488,12 +506,28 @@ async def run_stdio(config: ClientConfig, target: Target, stop: asyncio.Event) -
         )
     )
     stopped = asyncio.create_task(stop.wait())
-    await asyncio.wait({relay, stopped}, return_when=asyncio.FIRST_COMPLETED)
-    stopped.cancel()
-    if not relay.done():
-        relay.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await relay
+    hung_up = asyncio.create_task(hangup.wait())
+    try:
+        await asyncio.wait({relay, stopped, hung_up}, return_when=asyncio.FIRST_COMPLETED)
+        if hung_up.done() and not relay.done():
+            await asyncio.wait(
+                {relay, stopped}, timeout=HANGUP_GRACE, return_when=asyncio.FIRST_COMPLETED
+            )
+    finally:
+        stopped.cancel()
+        hung_up.cancel()
+        if not relay.done():
+            relay.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await relay
     if report.end == "eof" and not report.reason:
         return 0
     return _fail(f"tunnel to {target} ended: {report.reason or report.end}")
+
+
+async def stdio_main(config: ClientConfig, target: Target) -> int:
+    """The ``-W`` process: SIGINT/SIGTERM stop, SIGHUP hangs up, then :func:`run_stdio`."""
+    stop, hangup = asyncio.Event(), asyncio.Event()
+    install_stop_signals(stop)
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, hangup.set)
+    return await run_stdio(config, target, stop, hangup)
