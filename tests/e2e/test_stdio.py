@@ -6,10 +6,12 @@ stdin/stdout --> wstun-client -W --WS--> wstun-server --TCP--> target
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import pwd
 import re
 import shlex
+import signal
 import socket
 import struct
 import subprocess
@@ -211,6 +213,46 @@ async def test_broken_tunnel_exits_non_zero(wstun: Wstun, target) -> None:
     (line,) = err.decode().splitlines()
     assert line.startswith(f"wstun-client: tunnel to 127.0.0.1:{port} ended: ")
     assert "1011" in line
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+async def test_signal_cuts_an_open_tunnel(wstun: Wstun, target, sig: signal.Signals) -> None:
+    """SIGTERM cuts at once; SIGHUP after a short grace: exit 1, one line, 1011 to the server."""
+    arrived = asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readexactly(5)
+        arrived.set()
+        with contextlib.suppress(ConnectionError):
+            await reader.read()
+        writer.close()
+
+    port = await target(handler)
+    server, sport = await wstun.server("--allow", f"127.0.0.1:{port}")
+    proc = await asyncio.create_subprocess_exec(
+        wstun.client_cmd, "-W", f"127.0.0.1:{port}", f"ws://127.0.0.1:{sport}/",
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdin is not None
+    try:
+        proc.stdin.write(b"hello")  # stdin stays open: the tunnel has no reason to end
+        await proc.stdin.drain()
+        await asyncio.wait_for(arrived.wait(), TIMEOUT)
+        proc.send_signal(sig)
+        out, err = await asyncio.wait_for(proc.communicate(), TIMEOUT)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == 1
+    assert out == b""
+    assert err.decode().splitlines() == [
+        f"wstun-client: tunnel to 127.0.0.1:{port} ended: stopped by a signal"
+    ]
+    (line,) = await server.wait_for(r"tunnel closed .*end=(\S+)")
+    assert line.group(1) == "error"
+    assert "peer closed the WebSocket with 1011" in line.string
 
 
 # --------------------------------------------------------------- real ssh
