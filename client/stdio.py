@@ -6,11 +6,15 @@ our stdin and reads our stdout, so stdout carries payload and nothing else
 EOF closes stdout.
 
 :class:`StdioStream` keeps the :class:`~common.streams.ByteStream` contract
-over a pair of file descriptors. Pipes and sockets (what ssh hands a
-ProxyCommand) go through the event loop's pipe transports; anything else
-(a regular file, a terminal) is served by one daemon thread per direction,
-so that a descriptor which can't be made non-blocking still works and
-nothing on a shared terminal is switched to non-blocking mode.
+over a pair of file descriptors. Pipes (what ssh hands a ProxyCommand) go
+through the event loop's pipe transports. Anything else (a regular file, a
+terminal, a socket) is served by one daemon thread per direction, so that
+a descriptor which can't be made non-blocking still works and nothing on a
+shared terminal is switched to non-blocking mode. (A socket is often both
+stdin and stdout, e.g. under inetd or socat; the loop's write-pipe transport
+takes any readability of its descriptor for "the reader went away", which
+on a socket is just incoming data.) On a socket, ending the output is
+``shutdown(SHUT_WR)``, so the read direction stays open.
 
 A pipe has no reset: ``abort()`` closes both descriptors like ``close()``
 (dropping unwritten output); the process's exit status carries the error.
@@ -25,7 +29,9 @@ import io
 import logging
 import os
 import queue
+import select
 import signal
+import socket
 import stat
 import sys
 import threading
@@ -67,9 +73,16 @@ HANGUP_GRACE = 2.0
 
 
 def uses_pipe_transport(fd: int) -> bool:
-    """Whether ``fd`` goes through the loop's pipe support (a pipe or a socket)."""
-    mode = os.fstat(fd).st_mode
-    return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
+    """Whether ``fd`` goes through the loop's pipe support (only pipes do)."""
+    return stat.S_ISFIFO(os.fstat(fd).st_mode)
+
+
+def _wait_ready(fd: int, *, write: bool) -> None:
+    """Block until ``fd`` is ready: for a descriptor someone made non-blocking."""
+    if write:
+        select.select([], [fd], [])
+    else:
+        select.select([fd], [], [])
 
 
 def _wake(waiter: asyncio.Future[None] | None) -> None:
@@ -175,7 +188,7 @@ class _ThreadReader:
         try:
             while (size := self._requests.get()) is not None:
                 try:
-                    result: bytes | OSError = os.read(self._fd, size)
+                    result: bytes | OSError = self._read(size)
                 except OSError as exc:
                     result = exc
                 try:
@@ -187,6 +200,13 @@ class _ThreadReader:
         finally:
             with contextlib.suppress(OSError):
                 os.close(self._fd)
+
+    def _read(self, size: int) -> bytes:
+        while True:
+            try:
+                return os.read(self._fd, size)
+            except BlockingIOError:
+                _wait_ready(self._fd, write=False)
 
     def _deliver(self, result: bytes | OSError) -> None:
         future = self._inflight
@@ -318,18 +338,32 @@ class _ThreadWriter:
                     error = self._write_all(data)
                 self._resolve(future, error)
         finally:
-            with contextlib.suppress(OSError):
-                os.close(self._fd)
+            self._end_output()
             self._resolve(self._closed_waiter, None)
 
     def _write_all(self, data: bytes) -> OSError | None:
         view = memoryview(data)
         try:
             while view:
-                view = view[os.write(self._fd, view) :]
+                try:
+                    view = view[os.write(self._fd, view) :]
+                except BlockingIOError:
+                    _wait_ready(self._fd, write=True)
         except OSError as exc:
             return exc
         return None
+
+    def _end_output(self) -> None:
+        """Close the descriptor; on a socket, shut down sending first (its reader sees EOF)."""
+        with contextlib.suppress(OSError):
+            if not self._aborted and stat.S_ISSOCK(os.fstat(self._fd).st_mode):
+                sock = socket.socket(fileno=self._fd)
+                try:
+                    sock.shutdown(socket.SHUT_WR)
+                finally:
+                    sock.detach()
+        with contextlib.suppress(OSError):
+            os.close(self._fd)
 
     def _resolve(self, future: asyncio.Future[None], error: OSError | None) -> None:
         def resolve() -> None:

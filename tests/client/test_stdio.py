@@ -85,14 +85,14 @@ async def read_to_eof(stream: StdioStream, size: int = 65536) -> bytes:
 
 
 def test_which_descriptors_use_the_loop() -> None:
-    """Pipes and sockets go through the loop; regular files and terminals don't."""
+    """Pipes go through the loop; regular files, terminals and sockets use threads."""
     r, w = os.pipe()
     a, b = socket.socketpair()
     controller, terminal = os.openpty()
     try:
         assert uses_pipe_transport(r)
         assert uses_pipe_transport(w)
-        assert uses_pipe_transport(a.fileno())
+        assert not uses_pipe_transport(a.fileno())
         assert not uses_pipe_transport(terminal)
         with open(__file__, "rb") as regular:
             assert not uses_pipe_transport(regular.fileno())
@@ -256,3 +256,20 @@ async def test_terminal_cancelled_read_loses_nothing(
     assert await asyncio.wait_for(stream.read(3), TIMEOUT) == b"typ"
     assert await asyncio.wait_for(stream.read(3), TIMEOUT) == b"ed"
     await stream.close()  # doesn't wait for the thread blocked on the terminal
+
+
+async def test_one_socket_as_input_and_output() -> None:
+    """A socket as both stdin and stdout (inetd, socat): half-close works both ways."""
+    far, near = socket.socketpair()
+    with far:
+        stream = await StdioStream.from_fds(os.dup(near.fileno()), os.dup(near.fileno()))
+        near.close()
+        data = os.urandom(1024 * 1024)
+        far_reader = asyncio.create_task(asyncio.to_thread(read_all, far.fileno()))
+        assert await stream.write(data) == len(data)
+        await stream.write_eof()  # shutdown(SHUT_WR): far reads EOF, our input stays open
+        assert await asyncio.wait_for(far_reader, TIMEOUT) == data
+        await asyncio.to_thread(far.sendall, b"late answer")
+        far.shutdown(socket.SHUT_WR)
+        assert await read_to_eof(stream) == b"late answer"
+        await stream.close()

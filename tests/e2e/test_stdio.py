@@ -127,6 +127,36 @@ async def test_regular_files_as_stdin_and_stdout(wstun: Wstun, target, tmp_path:
     assert (tmp_path / "out").read_bytes() == sha(payload).encode() + payload[::-1]
 
 
+async def test_one_socket_as_stdin_and_stdout(wstun: Wstun, target) -> None:
+    """One socket as stdin and stdout (as under inetd or socat): the same exchange, exit 0."""
+    received: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+    port = await target(answer_after_eof(received))
+    _, sport = await wstun.server("--allow", f"127.0.0.1:{port}")
+    payload = os.urandom(1024 * 1024)
+    far, near = socket.socketpair()
+    with far, near:
+        proc = await asyncio.create_subprocess_exec(
+            wstun.client_cmd, "-W", f"127.0.0.1:{port}", f"ws://127.0.0.1:{sport}/",
+            stdin=near, stdout=near,
+        )  # fmt: skip
+        near.close()
+
+        def exchange() -> bytes:
+            far.sendall(payload)
+            far.shutdown(socket.SHUT_WR)
+            return b"".join(iter(lambda: far.recv(65536), b""))
+
+        try:
+            answer = await asyncio.wait_for(asyncio.to_thread(exchange), TIMEOUT)
+            assert await asyncio.wait_for(proc.wait(), TIMEOUT) == 0
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+    assert await asyncio.wait_for(received, TIMEOUT) == payload
+    assert answer == sha(payload).encode() + payload[::-1]
+
+
 async def test_terminal_as_stdin(wstun: Wstun, target) -> None:
     """stdin on a terminal (read in a thread, left blocking): a line goes through."""
     received: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
