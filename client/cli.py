@@ -12,11 +12,20 @@ import click
 
 from common import __version__
 from common.errors import TargetError
-from common.options import ENV_PREFIX, common_options, load_token, seconds_or_off
-from common.protocol import build_tunnel_url
+from common.options import (
+    ENV_PREFIX,
+    LISTEN,
+    TARGET,
+    common_options,
+    load_token,
+    seconds_or_off,
+)
+from common.protocol import Target, build_tunnel_url
 from common.runtime import configure_logging, install_stop_signals, run
 
 from .forward import ClientConfig, Forward, parse_forward, run_client
+from .socks import Credentials, SocksProxy
+from .stdio import stdio_main
 
 __all__ = ["main"]
 
@@ -61,9 +70,36 @@ def _check_url(ctx: click.Context, param: click.Parameter, value: str) -> str:
     envvar=f"{ENV_PREFIX}_LOCAL",
     type=_ForwardType(),
     multiple=True,
-    required=True,
     help="Listen on BIND:PORT (BIND defaults to 127.0.0.1) and carry each connection "
     "to HOST:HOSTPORT on the server's side (repeatable; IPv6 in brackets).",
+)
+@click.option(
+    "-D",
+    "--dynamic",
+    "dynamic",
+    envvar=f"{ENV_PREFIX}_DYNAMIC",
+    type=LISTEN,
+    multiple=True,
+    help="Run a SOCKS5 proxy on [BIND:]PORT; each CONNECT becomes a tunnel to the "
+    "requested host, which the server resolves (repeatable).",
+)
+@click.option(
+    "--socks-user",
+    metavar="NAME",
+    help="Require this username (RFC 1929) on the -D ports; needs --socks-password-file.",
+)
+@click.option(
+    "--socks-password-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="File holding the password for --socks-user.",
+)
+@click.option(
+    "-W",
+    "--stdio",
+    "stdio_target",
+    type=TARGET,
+    help="Tunnel stdin/stdout to HOST:PORT, e.g. as ssh's ProxyCommand "
+    "(logs only warnings unless --log-level is given).",
 )
 @click.option(
     "--connect-timeout",
@@ -75,9 +111,15 @@ def _check_url(ctx: click.Context, param: click.Parameter, value: str) -> str:
 @common_options
 @click.option("--check", is_flag=True, help="Validate the options, print the result and exit.")
 @click.version_option(__version__, prog_name="wstun-client")
+@click.pass_context
 def main(
+    ctx: click.Context,
     url: str,
     forwards: tuple[Forward, ...],
+    dynamic: tuple[Target, ...],
+    socks_user: str | None,
+    socks_password_file: Path | None,
+    stdio_target: Target | None,
     connect_timeout: float,
     token_file: Path | None,
     idle_timeout: float,
@@ -89,13 +131,21 @@ def main(
     """Forward local ports through the wstun server at URL (ws:// or wss://).
 
     \b
-    Example:
+    Examples:
       wstun-client -L 16379:127.0.0.1:6379 ws://127.0.0.1:8080/
       redis-cli -p 16379 ping
+    \b
+      wstun-client -D 1080 ws://127.0.0.1:8080/
+      curl --socks5-hostname 127.0.0.1:1080 http://intranet/
+    \b
+      ssh -o ProxyCommand='wstun-client -W %h:%p ws://127.0.0.1:8080/' host
     """
+    _check_modes(forwards, dynamic, stdio_target)
+    auth = _socks_auth(socks_user, socks_password_file)
     config = ClientConfig(
         url=url,
         forwards=forwards,
+        socks=tuple(SocksProxy(bind, auth) for bind in dynamic),
         token=load_token(token_file),
         connect_timeout=connect_timeout,
         idle_timeout=seconds_or_off(idle_timeout),
@@ -106,10 +156,45 @@ def main(
         click.echo(f"server: {config.url}")
         for forward in forwards:
             click.echo(f"forward: {forward}")
+        for proxy in config.socks:
+            click.echo(f"socks5: {proxy.bind}{' (username/password)' if proxy.auth else ''}")
+        if stdio_target is not None:
+            click.echo(f"stdio: {stdio_target}")
         click.echo(f"token: {'set' if config.token else 'not set'}")
         return
+    if stdio_target is not None:
+        if ctx.get_parameter_source("log_level") is click.core.ParameterSource.DEFAULT:
+            log_level = "warning"  # ssh shows a ProxyCommand's stderr to the user
+        configure_logging(log_level)
+        sys.exit(run(lambda: stdio_main(config, stdio_target)))
     configure_logging(log_level)
     sys.exit(run(lambda: _forward(config)))
+
+
+def _check_modes(
+    forwards: tuple[Forward, ...], dynamic: tuple[Target, ...], stdio_target: Target | None
+) -> None:
+    if stdio_target is not None and (forwards or dynamic):
+        raise click.UsageError("-W uses stdin/stdout for one tunnel; it can't go with -L or -D")
+    if stdio_target is None and not forwards and not dynamic:
+        raise click.UsageError("nothing to do: give at least one -L or -D, or -W")
+
+
+def _socks_auth(user: str | None, password_file: Path | None) -> Credentials | None:
+    """Username and password for the -D ports, both or neither."""
+    if user is None and password_file is None:
+        return None
+    if user is None or password_file is None:
+        raise click.UsageError("--socks-user and --socks-password-file go together")
+    try:
+        password = password_file.read_text(encoding="utf-8").rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise click.BadParameter(
+            f"can't read {password_file}: {exc}", param_hint="--socks-password-file"
+        ) from None
+    if not 0 < len(user.encode()) <= 255 or not 0 < len(password.encode()) <= 255:
+        raise click.UsageError("SOCKS5 usernames and passwords are 1 to 255 bytes (RFC 1929)")
+    return Credentials(user, password)
 
 
 async def _forward(config: ClientConfig) -> int:

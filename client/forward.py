@@ -42,6 +42,8 @@ from common.streams import (
     tcp_protocol_factory,
 )
 
+from .socks import SocksProxy, serve_socks_connection
+
 __all__ = [
     "ClientConfig",
     "FailureLog",
@@ -111,6 +113,7 @@ class ClientConfig:
 
     url: str
     forwards: tuple[Forward, ...] = ()
+    socks: tuple[SocksProxy, ...] = ()
     token: str | None = None
     connect_timeout: float = 10.0
     idle_timeout: float | None = None
@@ -183,7 +186,7 @@ class FailureLog:
 
 
 class TunnelClient:
-    """Runs the ``-L`` listeners and the tunnels they accept."""
+    """Runs the ``-L`` and ``-D`` listeners and the tunnels they accept."""
 
     def __init__(self, config: ClientConfig) -> None:
         self.config = config
@@ -191,26 +194,13 @@ class TunnelClient:
         self._servers: list[asyncio.Server] = []
         self._tunnels: set[asyncio.Task[None]] = set()
 
-    async def start(self) -> list[tuple[Forward, tuple[str, int]]]:
-        """Bind every ``-L`` listener; returns each forward with its bound address."""
-        loop = asyncio.get_running_loop()
-        bound = []
+    async def start(self) -> list[tuple[Forward | SocksProxy, tuple[str, int]]]:
+        """Bind every ``-L`` and ``-D`` listener; returns each with its bound address."""
+        bound: list[tuple[Forward | SocksProxy, tuple[str, int]]] = []
         try:
             for forward in self.config.forwards:
-                try:
-                    server = await loop.create_server(
-                        tcp_protocol_factory(functools.partial(self._accepted, forward=forward)),
-                        forward.bind.host,
-                        forward.bind.port,
-                    )
-                except OSError as exc:
-                    raise OSError(
-                        exc.errno,
-                        f"-L {forward}: can't listen on {forward.bind}: {describe_os_error(exc)}",
-                    ) from exc
-                self._servers.append(server)
-                for sock in server.sockets:
-                    address = sock.getsockname()[:2]
+                on_accept = functools.partial(self._accepted, forward=forward)
+                for address in await self._listen(f"-L {forward}", forward.bind, on_accept):
                     bound.append((forward, address))
                     logger.info(
                         "forwarding %s -> %s via %s",
@@ -218,13 +208,45 @@ class TunnelClient:
                         forward.remote,
                         self.config.url,
                     )
+            for proxy in self.config.socks:
+                on_accept = functools.partial(self._accepted_socks, proxy=proxy)
+                for address in await self._listen(f"-D {proxy.bind}", proxy.bind, on_accept):
+                    bound.append((proxy, address))
+                    logger.info("SOCKS5 proxy on %s via %s", format_peer(address), self.config.url)
         except BaseException:
             await self.stop()
             raise
         return bound
 
+    async def _listen(
+        self, what: str, bind: Target, on_accept: Callable[[TcpStream], None]
+    ) -> list[tuple[str, int]]:
+        loop = asyncio.get_running_loop()
+        try:
+            server = await loop.create_server(tcp_protocol_factory(on_accept), bind.host, bind.port)
+        except OSError as exc:
+            raise OSError(
+                exc.errno, f"{what}: can't listen on {bind}: {describe_os_error(exc)}"
+            ) from exc
+        self._servers.append(server)
+        return [sock.getsockname()[:2] for sock in server.sockets]
+
     def _accepted(self, local: TcpStream, forward: Forward) -> None:
         task = asyncio.get_running_loop().create_task(self._tunnel(local, forward))
+        self._tunnels.add(task)
+        task.add_done_callback(self._tunnels.discard)
+
+    def _accepted_socks(self, local: TcpStream, proxy: SocksProxy) -> None:
+        session = serve_socks_connection(
+            local,
+            format_peer(local.peername),
+            proxy,
+            dial=functools.partial(open_tunnel, self.config),
+            log_failure=self.failures.log,
+            read_size=self.config.read_size,
+            idle_timeout=self.config.idle_timeout,
+        )
+        task = asyncio.get_running_loop().create_task(session)
         self._tunnels.add(task)
         task.add_done_callback(self._tunnels.discard)
 

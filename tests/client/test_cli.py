@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from click.testing import CliRunner
 
@@ -39,7 +41,7 @@ def test_from_environment() -> None:
     [
         (["-L", "5432:db:5432", "http://h/"], "ws:// or wss://"),
         (["-L", "5432:db", "ws://h/"], "HOST:HOSTPORT"),
-        (["ws://h/"], "Missing option '-L'"),
+        (["ws://h/"], "give at least one -L or -D, or -W"),
         (["-L", "1:a:1"], "Missing argument 'URL'"),
     ],
 )
@@ -55,3 +57,35 @@ def test_token_with_whitespace_rejected() -> None:
     code, out = run(["--check", "-L", "1:a:1", "ws://h/"], env={"WSTUN_TOKEN": "a b"})
     assert code == 2
     assert "whitespace" in out
+
+
+def test_socks_and_stdio_listed(tmp_path: Path) -> None:
+    """-D ports (with auth when configured) and -W are parsed and shown."""
+    password = tmp_path / "password"
+    password.write_text("sesame\n")
+    auth = ["--socks-user", "alice", "--socks-password-file", str(password)]
+    code, out = run(["--check", "-D", "1080", "-D", "[::1]:1081", "-L", "1:a:1", "ws://h/", *auth])
+    assert code == 0, out
+    assert "socks5: 127.0.0.1:1080 (username/password)" in out
+    assert "socks5: [::1]:1081 (username/password)" in out
+    assert "forward: 127.0.0.1:1 -> a:1" in out
+    code, out = run(["--check", "-W", "[fd00::5]:22", "ws://h/"])
+    assert code == 0, out
+    assert "stdio: [fd00::5]:22" in out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["-W", "db:22", "-L", "1:a:1", "ws://h/"], "can't go with -L or -D"),
+        (["-W", "db:22", "-D", "1080", "ws://h/"], "can't go with -L or -D"),
+        (["-W", "db", "ws://h/"], "expected HOST:PORT"),
+        (["-D", "1080", "--socks-user", "alice", "ws://h/"], "go together"),
+        (["-D", "x", "ws://h/"], "expected HOST:PORT"),
+    ],
+)
+def test_bad_mode_combinations(args: list[str], message: str) -> None:
+    """-W stands alone; SOCKS5 auth needs both user and password file."""
+    code, out = run(["--check", *args])
+    assert code == 2
+    assert message in out
