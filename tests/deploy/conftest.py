@@ -12,12 +12,15 @@ import asyncio
 import os
 import re
 import shutil
+import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from ..e2e.conftest import (
+    LOG_TIMEOUT,
     Handler,
     Process,
     Wstun,
@@ -38,6 +41,7 @@ __all__ = [
     "echo_target",
     "free_port",
     "render_template",
+    "scrape",
     "sha",
     "target",
     "wstun",
@@ -170,3 +174,25 @@ def echo_target(accepted: list[bytes] | None = None) -> Handler:
         writer.close()
 
     return handler
+
+
+async def scrape(process: Process) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """GET /metrics from a process started with --metrics-listen 127.0.0.1:0.
+
+    Returns ``{(sample name, sorted labels): value}``.
+    """
+    (match,) = await process.wait_for(r"metrics on (http://127\.0\.0\.1:\d+/metrics)")
+
+    def get() -> str:
+        with urllib.request.urlopen(match.group(1), timeout=LOG_TIMEOUT) as response:
+            assert response.status == 200
+            assert response.headers["Content-Type"].startswith("text/plain")
+            text: str = response.read().decode()
+            return text
+
+    text = await asyncio.to_thread(get)
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
