@@ -3,8 +3,8 @@
 #   docker build -t wstun .
 #   docker run --rm wstun wstun-server --help
 #
-# Stage 1 builds a virtualenv with the project and its dependencies (wheels
-# only); stage 2 copies just that virtualenv onto a clean slim Python and
+# Stage 1 builds a virtualenv with the project and its dependencies (from
+# wheels); stage 2 copies just that virtualenv onto a clean slim Python and
 # runs as an unprivileged user.
 
 FROM python:3.12-slim AS build
@@ -14,8 +14,9 @@ COPY pyproject.toml README.md ./
 COPY common ./common
 COPY client ./client
 COPY server ./server
+# Dependencies come as wheels (uvloop included), so no compiler is needed;
+# pip itself is removed from the virtualenv once the project is in.
 RUN python -m venv /opt/wstun \
-    && /opt/wstun/bin/pip install --only-binary=:all: --no-deps --upgrade pip \
     && /opt/wstun/bin/pip install --prefer-binary . \
     && /opt/wstun/bin/pip uninstall --yes pip
 

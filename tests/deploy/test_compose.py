@@ -95,6 +95,34 @@ def test_topology_is_private_healthy_and_consistent(compose: dict[str, Any]) -> 
     assert f"server {services['proxy']['environment']['WSTUN_UPSTREAM']};" in rendered
 
 
+def test_dockerfile_final_stage_is_small_and_unprivileged(compose: dict[str, Any]) -> None:
+    """Multi-stage; the last stage copies only the virtualenv and runs as a non-root user;
+    everything the build copies from the repo exists and passes .dockerignore."""
+    lines = [line.split() for line in (REPO / "Dockerfile").read_text().splitlines()]
+    instructions = [words for words in lines if words and not words[0].startswith("#")]
+    stages = [i for i, words in enumerate(instructions) if words[0] == "FROM"]
+    assert len(stages) >= 2
+    final = instructions[stages[-1] :]
+    assert [w for w in final if w[0] == "COPY"] == [
+        ["COPY", "--from=build", "/opt/wstun", "/opt/wstun"]
+    ]
+    (user,) = [w[1] for w in final if w[0] == "USER"]
+    assert user.split(":")[0] not in ("root", "0")
+    assert not any(w[0] == "RUN" and ("apt-get" in w or "gcc" in w) for w in final)
+    allowed = {
+        line[1:].rstrip("/")
+        for line in (REPO / ".dockerignore").read_text().splitlines()
+        if line.startswith("!")
+    }
+    for words in instructions:
+        if words[0] == "COPY" and not words[1].startswith("--from"):
+            for source in words[1:-1]:
+                assert (REPO / source).exists(), source
+                assert source.rstrip("/") in allowed, f"{source} is excluded by .dockerignore"
+    assert compose["services"]["server"]["build"] == "."
+    assert compose["services"]["client"]["image"] == compose["services"]["server"]["image"]
+
+
 async def test_the_compose_topology_natively(
     wstun: Wstun, nginx: Nginx, target, compose: dict[str, Any]
 ) -> None:
