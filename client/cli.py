@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import click
+from websockets.exceptions import InvalidProxy
+from websockets.proxy import parse_proxy
 
 from common import __version__
 from common.errors import TargetError
@@ -24,8 +26,10 @@ from common.protocol import Target, build_tunnel_url
 from common.runtime import configure_logging, install_stop_signals, run
 
 from .forward import ClientConfig, Forward, parse_forward, run_client
+from .headers import parse_header
 from .socks import Credentials, SocksProxy
 from .stdio import stdio_main
+from .tls import client_tls_context
 
 __all__ = ["main"]
 
@@ -44,6 +48,27 @@ class _ForwardType(click.ParamType[Forward, str]):
             return parse_forward(str(value))
         except TargetError as exc:
             self.fail(str(exc), param, ctx)
+
+
+def _check_headers(
+    ctx: click.Context, param: click.Parameter, value: tuple[str, ...]
+) -> tuple[tuple[str, str], ...]:
+    try:
+        return tuple(parse_header(text) for text in value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _check_proxy(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is None or value == "none":
+        return value
+    try:
+        proxy = parse_proxy(value)
+    except InvalidProxy as exc:
+        raise click.BadParameter(str(exc)) from None
+    if proxy.scheme not in ("http", "https"):
+        raise click.BadParameter(f"{value}: only http:// and https:// (CONNECT) proxies")
+    return value
 
 
 def _check_url(ctx: click.Context, param: click.Parameter, value: str) -> str:
@@ -108,6 +133,38 @@ def _check_url(ctx: click.Context, param: click.Parameter, value: str) -> str:
     show_default=True,
     help="Seconds to wait for the server's WebSocket handshake.",
 )
+@click.option(
+    "--cacert",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Verify the wss:// server's certificate against this PEM CA bundle "
+    "instead of the system's.",
+)
+@click.option(
+    "--insecure",
+    is_flag=True,
+    help="Do not verify the wss:// server's certificate or name (for tests only).",
+)
+@click.option(
+    "-H",
+    "--header",
+    "headers",
+    multiple=True,
+    metavar="'NAME: VALUE'",
+    callback=_check_headers,
+    help="Extra HTTP header on every handshake, e.g. for an access gateway (repeatable).",
+)
+@click.option(
+    "--proxy",
+    metavar="URL",
+    callback=_check_proxy,
+    help="HTTP CONNECT proxy, e.g. http://proxy.corp:3128 ('none': connect directly). "
+    "Default: HTTPS_PROXY (wss://) or HTTP_PROXY (ws://), honouring NO_PROXY.",
+)
+@click.option(
+    "--metrics-listen",
+    type=LISTEN,
+    help="Serve Prometheus metrics at http://HOST:PORT/metrics (off unless given).",
+)
 @common_options
 @click.option("--check", is_flag=True, help="Validate the options, print the result and exit.")
 @click.version_option(__version__, prog_name="wstun-client")
@@ -121,6 +178,11 @@ def main(
     socks_password_file: Path | None,
     stdio_target: Target | None,
     connect_timeout: float,
+    cacert: Path | None,
+    insecure: bool,
+    headers: tuple[tuple[str, str], ...],
+    proxy: str | None,
+    metrics_listen: Target | None,
     token_file: Path | None,
     idle_timeout: float,
     ping_interval: float,
@@ -142,6 +204,21 @@ def main(
     """
     _check_modes(forwards, dynamic, stdio_target)
     auth = _socks_auth(socks_user, socks_password_file)
+    if stdio_target is not None and (
+        ctx.get_parameter_source("log_level") is click.core.ParameterSource.DEFAULT
+    ):
+        log_level = "warning"  # ssh shows a ProxyCommand's stderr to the user
+    secure = url.lower().startswith("wss:")
+    if (cacert or insecure) and not secure:
+        option = "--cacert" if cacert else "--insecure"
+        raise click.BadParameter(f"{option} applies to wss:// URLs only", param_hint=option)
+    if cacert and insecure:
+        raise click.BadParameter("--cacert and --insecure contradict each other")
+    if check:  # no warning for --insecure: nothing will connect
+        tls = None
+    else:
+        configure_logging(log_level)
+        tls = client_tls_context(cacert, insecure=insecure) if secure else None
     config = ClientConfig(
         url=url,
         forwards=forwards,
@@ -151,23 +228,30 @@ def main(
         idle_timeout=seconds_or_off(idle_timeout),
         ping_interval=seconds_or_off(ping_interval),
         ping_timeout=seconds_or_off(ping_timeout),
+        headers=headers,
+        proxy=True if proxy is None else None if proxy == "none" else proxy,
+        tls=tls,
+        metrics_listen=metrics_listen,
     )
     if check:
         click.echo(f"server: {config.url}")
         for forward in forwards:
             click.echo(f"forward: {forward}")
-        for proxy in config.socks:
-            click.echo(f"socks5: {proxy.bind}{' (username/password)' if proxy.auth else ''}")
+        for socks in config.socks:
+            click.echo(f"socks5: {socks.bind}{' (username/password)' if socks.auth else ''}")
         if stdio_target is not None:
             click.echo(f"stdio: {stdio_target}")
         click.echo(f"token: {'set' if config.token else 'not set'}")
+        if secure:
+            verify = "OFF (--insecure)" if insecure else f"on, CAs from {cacert or 'the system'}"
+            click.echo(f"tls verification: {verify}")
+        for name, _ in headers:
+            click.echo(f"header: {name}")
+        click.echo(f"proxy: {proxy or 'from the environment'}")
+        click.echo(f"metrics: {metrics_listen or 'off'}")
         return
     if stdio_target is not None:
-        if ctx.get_parameter_source("log_level") is click.core.ParameterSource.DEFAULT:
-            log_level = "warning"  # ssh shows a ProxyCommand's stderr to the user
-        configure_logging(log_level)
         sys.exit(run(lambda: stdio_main(config, stdio_target)))
-    configure_logging(log_level)
     sys.exit(run(lambda: _forward(config)))
 
 

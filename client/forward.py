@@ -13,15 +13,19 @@ import asyncio
 import dataclasses
 import functools
 import logging
+import ssl
 import time
 from collections.abc import Callable
+from typing import Any, Literal
 
 from websockets.asyncio.client import connect
-from websockets.exceptions import InvalidHandshake, InvalidStatus
+from websockets.asyncio.server import Server
+from websockets.exceptions import InvalidHandshake, InvalidStatus, ProxyError
 from websockets.typing import Subprotocol
 
 from common import __version__
 from common.errors import HandshakeError, TargetError, describe_os_error
+from common.metrics import TunnelMetrics, serve_metrics
 from common.protocol import (
     AUTHORIZATION_HEADER,
     SUBPROTOCOL,
@@ -43,6 +47,7 @@ from common.streams import (
 )
 
 from .socks import SocksProxy, serve_socks_connection
+from .tls import describe_tls_error
 
 __all__ = [
     "ClientConfig",
@@ -120,6 +125,14 @@ class ClientConfig:
     ping_interval: float | None = 20.0
     ping_timeout: float | None = 20.0
     read_size: int = DEFAULT_READ_SIZE
+    # Extra handshake headers (--header), e.g. for an access gateway.
+    headers: tuple[tuple[str, str], ...] = ()
+    # HTTP CONNECT proxy URL; True: from HTTPS_PROXY/HTTP_PROXY/NO_PROXY; None: direct.
+    proxy: str | Literal[True] | None = True
+    # TLS settings for wss:// (None: system CAs, verification on).
+    tls: ssl.SSLContext | None = None
+    # Where to serve /metrics (None: not served).
+    metrics_listen: Target | None = None
 
 
 def _first_line(body: bytes, fallback: str) -> str:
@@ -130,7 +143,12 @@ def _first_line(body: bytes, fallback: str) -> str:
 async def open_tunnel(config: ClientConfig, target: Target | None) -> WebSocketStream:
     """Open one WebSocket to the server for ``target``; raise HandshakeError if refused."""
     url = build_tunnel_url(config.url, target)
-    headers = {AUTHORIZATION_HEADER: f"Bearer {config.token}"} if config.token else {}
+    headers = list(config.headers)
+    if config.token:
+        headers.append((AUTHORIZATION_HEADER, f"Bearer {config.token}"))
+    tls: dict[str, Any] = {}
+    if config.tls is not None and url.startswith("wss:"):
+        tls["ssl"] = config.tls
     try:
         connection = await connect(
             url,
@@ -140,14 +158,19 @@ async def open_tunnel(config: ClientConfig, target: Target | None) -> WebSocketS
             **WS_OPTIONS,
             open_timeout=config.connect_timeout,
             user_agent_header=f"wstun/{__version__}",
-            proxy=None,
+            proxy=config.proxy,
+            **tls,
         )
     except InvalidStatus as exc:
         response = exc.response
         reason = _first_line(bytes(response.body or b""), response.reason_phrase)
         raise HandshakeError(response.status_code, reason) from exc
+    except ProxyError as exc:
+        raise HandshakeError(0, f"proxy failed: {exc}") from exc
     except InvalidHandshake as exc:
         raise HandshakeError(0, f"bad handshake from server: {exc}") from exc
+    except ssl.SSLError as exc:
+        raise HandshakeError(0, describe_tls_error(exc)) from exc
     except TimeoutError as exc:
         raise HandshakeError(
             0, f"server did not complete the handshake within {config.connect_timeout:g}s"
@@ -193,6 +216,8 @@ class TunnelClient:
         self.failures = FailureLog()
         self._servers: list[asyncio.Server] = []
         self._tunnels: set[asyncio.Task[None]] = set()
+        self._metrics_server: Server | None = None
+        self.metrics = TunnelMetrics("client")
 
     async def start(self) -> list[tuple[Forward | SocksProxy, tuple[str, int]]]:
         """Bind every ``-L`` and ``-D`` listener; returns each with its bound address."""
@@ -213,6 +238,10 @@ class TunnelClient:
                 for address in await self._listen(f"-D {proxy.bind}", proxy.bind, on_accept):
                     bound.append((proxy, address))
                     logger.info("SOCKS5 proxy on %s via %s", format_peer(address), self.config.url)
+            if self.config.metrics_listen is not None:
+                self._metrics_server = await serve_metrics(
+                    self.metrics, self.config.metrics_listen, logger
+                )
         except BaseException:
             await self.stop()
             raise
@@ -255,6 +284,7 @@ class TunnelClient:
         try:
             ws = await open_tunnel(self.config, forward.remote)
         except HandshakeError as exc:
+            self.metrics.handshake_failed(exc.status)
             await local.abort()
             # "refused" when the server answered; "failed" when it never did.
             outcome = f"refused: {exc.status}" if exc.status else "failed:"
@@ -265,16 +295,20 @@ class TunnelClient:
         except asyncio.CancelledError:
             await local.abort()
             raise
-        await relay_and_report(
-            local,
-            ws,
-            report,
-            logger,
-            read_size=self.config.read_size,
-            idle_timeout=self.config.idle_timeout,
-            names=("local", "server"),
-            cancel_reason="client shutting down",
-        )
+        self.metrics.tunnel_opened()
+        try:
+            await relay_and_report(
+                local,
+                ws,
+                report,
+                logger,
+                read_size=self.config.read_size,
+                idle_timeout=self.config.idle_timeout,
+                names=("local", "server"),
+                cancel_reason="client shutting down",
+            )
+        finally:
+            self.metrics.tunnel_ended(report)
 
     async def stop(self) -> None:
         """Stop listening, then end the tunnels still open."""
@@ -287,6 +321,10 @@ class TunnelClient:
         for server in self._servers:
             await server.wait_closed()
         self._servers.clear()
+        if self._metrics_server is not None:
+            self._metrics_server.close()
+            await self._metrics_server.wait_closed()
+            self._metrics_server = None
 
 
 async def run_client(config: ClientConfig, stop: asyncio.Event) -> None:

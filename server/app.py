@@ -12,6 +12,8 @@ import asyncio
 import dataclasses
 import hmac
 import logging
+import ssl
+import time
 from collections.abc import Sequence
 from urllib.parse import urlsplit
 
@@ -22,6 +24,7 @@ from websockets.typing import Subprotocol
 
 from common import __version__
 from common.errors import describe_os_error
+from common.metrics import serve_metrics
 from common.protocol import (
     AUTHORIZATION_HEADER,
     SUBPROTOCOL,
@@ -45,6 +48,8 @@ from common.streams import (
     open_tcp,
 )
 
+from .forwarded import FORWARDED_FOR_HEADER, REAL_IP_HEADER, TrustedProxies
+from .metrics import ServerMetrics
 from .policy import Policy
 
 __all__ = ["ServerConfig", "TunnelServer", "run_server"]
@@ -66,6 +71,12 @@ class ServerConfig:
     ping_interval: float | None = 20.0
     ping_timeout: float | None = 20.0
     read_size: int = DEFAULT_READ_SIZE
+    # Peers allowed to state the client address in X-Forwarded-For/X-Real-IP.
+    trusted_proxies: TrustedProxies = dataclasses.field(default_factory=TrustedProxies)
+    # TLS in the server itself (None: plain ws://, e.g. behind a TLS proxy).
+    tls: ssl.SSLContext | None = None
+    # Where to serve /metrics (None: not served).
+    metrics_listen: Target | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "path", normalize_prefix(self.path))
@@ -78,6 +89,8 @@ class TunnelServer:
         self.config = config
         self._token = config.token.encode() if config.token else None
         self._server: Server | None = None
+        self._metrics_server: Server | None = None
+        self.metrics = ServerMetrics()
 
     # Handshake: every check, then the dial, before 101.
 
@@ -85,13 +98,27 @@ class TunnelServer:
         """The real client's address as ``host:port``, for logs and limits.
 
         Everything that logs or limits by client address goes through here.
+        Forwarding headers count only from ``--trusted-proxy`` peers
+        (rules in ``server/forwarded.py``).
         """
-        return format_peer(connection.remote_address)
+        peer = connection.remote_address
+        if not self.config.trusted_proxies or not isinstance(peer, tuple):
+            self.metrics.client_address.labels("peer").inc()
+            return format_peer(peer)
+        client = self.config.trusted_proxies.client(
+            str(peer[0]),
+            int(peer[1]),
+            request.headers.get_all(FORWARDED_FOR_HEADER),
+            request.headers.get(REAL_IP_HEADER),
+        )
+        self.metrics.client_address.labels(client.source.value).inc()
+        return str(client)
 
     def _reject(
         self, connection: TunnelServerConnection, rejection: HandshakeRejection
     ) -> Response:
         peer = connection.client_peer
+        self.metrics.handshake_failed(rejection.status)
         logger.info(
             "rejected peer=%s status=%d reason=%s", peer, rejection.status, rejection.reason
         )
@@ -131,6 +158,7 @@ class TunnelServer:
 
     async def _dial(self, target: Target) -> TcpStream | HandshakeRejection:
         timeout = self.config.connect_timeout
+        started = time.monotonic()
         try:
             async with asyncio.timeout(timeout):
                 return await open_tcp(target.host, target.port)
@@ -142,6 +170,8 @@ class TunnelServer:
             return HandshakeRejection(
                 Failure.TARGET_UNREACHABLE, f"target {target}: {describe_os_error(exc)}"
             )
+        finally:
+            self.metrics.dial_seconds.observe(time.monotonic() - started)
 
     async def process_request(
         self, connection: ServerConnection, request: Request
@@ -177,16 +207,20 @@ class TunnelServer:
             ping_timeout=self.config.ping_timeout,
         )
         logger.debug("tunnel open id=%s peer=%s target=%s", report.id, report.peer, target)
-        await relay_and_report(
-            ws,
-            target_stream,
-            report,
-            logger,
-            read_size=self.config.read_size,
-            idle_timeout=self.config.idle_timeout,
-            names=("client", "target"),
-            cancel_reason="server shutting down",
-        )
+        self.metrics.tunnel_opened()
+        try:
+            await relay_and_report(
+                ws,
+                target_stream,
+                report,
+                logger,
+                read_size=self.config.read_size,
+                idle_timeout=self.config.idle_timeout,
+                names=("client", "target"),
+                cancel_reason="server shutting down",
+            )
+        finally:
+            self.metrics.tunnel_ended(report)
 
     # Lifecycle.
 
@@ -203,14 +237,25 @@ class TunnelServer:
             subprotocols=[Subprotocol(SUBPROTOCOL)],
             **WS_OPTIONS,
             server_header=f"wstun/{__version__}",
+            ssl=cfg.tls,
         )
         addresses = [sock.getsockname()[:2] for sock in self._server.sockets]
+        tls = " tls=on" if cfg.tls else ""
         for host, port in addresses:
-            logger.info("listening on %s path=%s", format_target(host, port), cfg.path)
+            logger.info("listening on %s path=%s%s", format_target(host, port), cfg.path, tls)
+        if cfg.metrics_listen is not None:
+            try:
+                self._metrics_server = await serve_metrics(self.metrics, cfg.metrics_listen, logger)
+            except BaseException:
+                await self.stop()
+                raise
         return addresses
 
     async def stop(self) -> None:
         """Stop listening and close open tunnels (1001: going away)."""
+        if self._metrics_server is not None:
+            self._metrics_server.close()
+            await self._metrics_server.wait_closed()
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import sys
 from pathlib import Path
 
@@ -16,7 +17,9 @@ from common.protocol import Target, normalize_prefix
 from common.runtime import configure_logging, install_stop_signals, run
 
 from .app import ServerConfig, run_server
+from .forwarded import TrustedProxies
 from .policy import Policy
+from .tls import server_tls_context
 
 __all__ = ["main"]
 
@@ -70,6 +73,29 @@ logger = logging.getLogger("wstun.server")
     show_default=True,
     help="Seconds to wait for the target to accept (504 after that).",
 )
+@click.option(
+    "--trusted-proxy",
+    "trusted_proxy",
+    multiple=True,
+    metavar="CIDR",
+    help="Reverse proxy address or network whose X-Forwarded-For / X-Real-IP states the "
+    "client address (repeatable, e.g. 10.0.0.0/8). Headers from anyone else are ignored.",
+)
+@click.option(
+    "--tls-cert",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Serve wss:// with this PEM certificate chain (TLS without a proxy).",
+)
+@click.option(
+    "--tls-key",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Private key for --tls-cert (PEM; default: inside the --tls-cert file).",
+)
+@click.option(
+    "--metrics-listen",
+    type=LISTEN,
+    help="Serve Prometheus metrics at http://HOST:PORT/metrics (off unless given).",
+)
 @common_options
 @click.option("--check", is_flag=True, help="Validate the options, print the result and exit.")
 @click.version_option(__version__, prog_name="wstun-server")
@@ -79,6 +105,10 @@ def main(
     allow: tuple[str, ...],
     default_target: Target | None,
     connect_timeout: float,
+    trusted_proxy: tuple[str, ...],
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    metrics_listen: Target | None,
     token_file: Path | None,
     idle_timeout: float,
     ping_interval: float,
@@ -101,6 +131,10 @@ def main(
         policy = Policy.from_patterns(allow, *extra)
     except TargetError as exc:
         raise click.BadParameter(str(exc), param_hint="--allow") from None
+    try:
+        trusted = TrustedProxies(trusted_proxy)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--trusted-proxy") from None
     config = ServerConfig(
         listen=listen,
         path=path,
@@ -111,6 +145,9 @@ def main(
         idle_timeout=seconds_or_off(idle_timeout),
         ping_interval=seconds_or_off(ping_interval),
         ping_timeout=seconds_or_off(ping_timeout),
+        trusted_proxies=trusted,
+        tls=_tls_context(tls_cert, tls_key),
+        metrics_listen=metrics_listen,
     )
     if check:
         click.echo(describe(config))
@@ -119,6 +156,19 @@ def main(
     if not policy.rules:
         logger.warning("no --allow rule and no --to: every tunnel will be refused with 403")
     sys.exit(run(lambda: _serve(config)))
+
+
+def _tls_context(cert: Path | None, key: Path | None) -> ssl.SSLContext | None:
+    if cert is None:
+        if key is not None:
+            raise click.BadParameter("--tls-key needs --tls-cert", param_hint="--tls-key")
+        return None
+    try:
+        return server_tls_context(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise click.BadParameter(
+            f"can't load {cert}{f' / {key}' if key else ''}: {exc}", param_hint="--tls-cert"
+        ) from None
 
 
 def describe(config: ServerConfig) -> str:
@@ -135,6 +185,9 @@ def describe(config: ServerConfig) -> str:
             f"idle timeout: {config.idle_timeout or 'off'}",
             f"ping interval: {config.ping_interval or 'off'}",
             f"ping timeout: {config.ping_timeout or 'off'}",
+            f"trusted proxies: {config.trusted_proxies}",
+            f"tls: {'on' if config.tls else 'off'}",
+            f"metrics: {config.metrics_listen or 'off'}",
         ]
     )
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import trustme
 from click.testing import CliRunner
 
 from server.cli import main
@@ -82,3 +83,35 @@ def test_help_mentions_environment() -> None:
     assert code == 0
     for word in ["--listen", "--allow", "--to", "--token-file", "--ping-interval", "WSTUN_"]:
         assert word in out
+
+
+def test_proxy_tls_and_metrics_options(tmp_path: Path) -> None:
+    """--trusted-proxy (repeatable), --tls-cert/--tls-key and --metrics-listen are shown."""
+    cert = trustme.CA().issue_cert("wstun.test")
+    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
+    cert.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
+    code, out = run(
+        ["--check", "--trusted-proxy", "10.0.0.0/8", "--trusted-proxy", "::1",
+         "--tls-cert", str(tmp_path / "cert.pem"), "--tls-key", str(tmp_path / "key.pem"),
+         "--metrics-listen", "127.0.0.1:9100"]
+    )  # fmt: skip
+    assert code == 0, out
+    assert "trusted proxies: 10.0.0.0/8, ::1/128" in out
+    assert "tls: on" in out
+    assert "metrics: 127.0.0.1:9100" in out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--trusted-proxy", "10.0.0.300/8"], "--trusted-proxy"),
+        (["--tls-cert", "{cert}", "--tls-key", "{cert}"], "can't load"),
+    ],
+)
+def test_bad_proxy_and_tls_options(tmp_path: Path, args: list[str], message: str) -> None:
+    """A bad network or a certificate without its key is a clear startup error."""
+    (tmp_path / "cert.pem").write_text("not a certificate\n")
+    args = [arg.format(cert=tmp_path / "cert.pem") for arg in args]
+    result = CliRunner().invoke(main, ["--check", *args], env={})
+    assert result.exit_code == 2
+    assert message in result.output

@@ -1,0 +1,129 @@
+"""Prometheus metrics for either side, and the small HTTP endpoint serving them.
+
+Each :class:`TunnelMetrics` owns its own ``CollectorRegistry`` (never the
+process-global one), so several servers or clients in one process, and
+tests, never see each other's numbers. Byte counters take the payload
+counts from the tunnel's :class:`~common.report.TunnelReport`, the same
+numbers the per-tunnel log line shows: WebSocket framing and EOF markers
+are never counted.
+
+Metrics are served on their own listener (``--metrics-listen``), not on
+the tunnel port: the tunnel port faces the proxy and the internet, the
+metrics port stays on a private address for the scraper.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge
+from prometheus_client.exposition import generate_latest
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.http11 import Request, Response
+
+from .protocol import Target, format_target
+from .report import TunnelReport
+
+__all__ = ["METRICS_PATH", "TunnelMetrics", "serve_metrics"]
+
+METRICS_PATH = "/metrics"
+
+
+class TunnelMetrics:
+    """Counters for one side (``side`` is ``server`` or ``client``).
+
+    - ``wstun_<side>_tunnels_opened_total``: tunnels that started relaying
+    - ``wstun_<side>_tunnels_active``: tunnels relaying right now
+    - ``wstun_<side>_tunnels_ended_total{end}``: ``eof``, ``error``, ``idle-timeout``
+    - ``wstun_<side>_payload_bytes_total{direction}``: ``up`` (client application
+      to target) and ``down``, payload only
+    - ``wstun_<side>_handshake_failures_total{status}``: refused handshakes by
+      HTTP status (on the client, ``0`` when no HTTP answer came)
+
+    The server adds its own (``server/metrics.py``).
+    """
+
+    def __init__(self, side: str) -> None:
+        self.side = side
+        self.registry = CollectorRegistry(auto_describe=True)
+        prefix = f"wstun_{side}"
+        reg = self.registry
+        self.opened = Counter(f"{prefix}_tunnels_opened", "Tunnels opened.", registry=reg)
+        self.active = Gauge(f"{prefix}_tunnels_active", "Tunnels open now.", registry=reg)
+        self.ended = Counter(
+            f"{prefix}_tunnels_ended", "Tunnels ended, by how.", ["end"], registry=reg
+        )
+        self.payload = Counter(
+            f"{prefix}_payload_bytes",
+            "Payload bytes relayed (framing excluded); up = client application to target.",
+            ["direction"],
+            registry=reg,
+        )
+        self.handshake_failures = Counter(
+            f"{prefix}_handshake_failures",
+            "Refused tunnel handshakes, by HTTP status (0: no HTTP answer).",
+            ["status"],
+            registry=reg,
+        )
+        for direction in ("up", "down"):
+            self.payload.labels(direction)
+        for end in ("eof", "error", "idle-timeout"):
+            self.ended.labels(end)
+
+    def tunnel_opened(self) -> None:
+        self.opened.inc()
+        self.active.inc()
+
+    def tunnel_ended(self, report: TunnelReport) -> None:
+        """Count a finished tunnel: its end and its exact payload counts."""
+        self.active.dec()
+        self.ended.labels(report.end).inc()
+        self.payload.labels("up").inc(report.up)
+        self.payload.labels("down").inc(report.down)
+
+    def handshake_failed(self, status: int) -> None:
+        self.handshake_failures.labels(str(status)).inc()
+
+    def render(self) -> bytes:
+        """The text exposition format, as served on ``/metrics``."""
+        return generate_latest(self.registry)
+
+
+def _metrics_response(metrics: TunnelMetrics, request: Request) -> Response:
+    if request.path.split("?", 1)[0] != METRICS_PATH:
+        body = f"not found; metrics are at {METRICS_PATH}\n".encode()
+        status, reason, content_type = 404, "Not Found", "text/plain; charset=utf-8"
+    else:
+        body = metrics.render()
+        status, reason, content_type = 200, "OK", CONTENT_TYPE_LATEST
+    headers = Headers(
+        [
+            ("Content-Type", content_type),
+            ("Content-Length", str(len(body))),
+            ("Connection", "close"),
+        ]
+    )
+    return Response(status, reason, headers, body)
+
+
+async def serve_metrics(metrics: TunnelMetrics, listen: Target, log: logging.Logger) -> Server:
+    """Serve ``GET /metrics`` on ``listen``; logs ``metrics on http://HOST:PORT/metrics``."""
+
+    def process_request(connection: ServerConnection, request: Request) -> Response:
+        return _metrics_response(metrics, request)
+
+    async def never_upgraded(connection: ServerConnection) -> None:  # pragma: no cover
+        await connection.close()
+
+    server = await serve(
+        never_upgraded,
+        listen.host,
+        listen.port,
+        process_request=process_request,
+        server_header=None,
+    )
+    for sock in server.sockets:
+        host, port = sock.getsockname()[:2]
+        log.info("metrics on http://%s%s", format_target(host, port), METRICS_PATH)
+    return server

@@ -1,0 +1,85 @@
+"""/metrics on both sides counts a known workload exactly (payload only, no framing)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+
+from .conftest import Wstun, free_port, scrape
+
+TIMEOUT = 60.0
+CLOSED = r"tunnel closed id={side}\d+ "
+# (client application -> target, target -> client application) payload sizes
+WORKLOAD = [(1_000, 0), (196_615, 5), (1 << 20, 2 << 20)]
+
+
+async def test_counts_match_a_known_workload(wstun: Wstun, target) -> None:
+    """3 tunnels with known payloads and one refusal: every counter matches, on both sides."""
+    answers = iter(size for _, size in WORKLOAD)
+    received: list[int] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        received.append(len(await reader.read()))
+        writer.write(os.urandom(next(answers)))
+        await writer.drain()
+        writer.close()
+
+    port = await target(handler)
+    server, sport = await wstun.server(
+        "--allow", f"127.0.0.1:{port}", "--metrics-listen", "127.0.0.1:0"
+    )
+    closed = free_port()
+    client = wstun.spawn(
+        [wstun.client_cmd, f"ws://127.0.0.1:{sport}/", "--metrics-listen", "127.0.0.1:0",
+         "-L", f"0:127.0.0.1:{port}", "-L", f"0:127.0.0.1:{closed}"]
+    )  # fmt: skip
+    forwards = await client.wait_for(r"forwarding 127\.0\.0\.1:(\d+) -> (\S+)", count=2)
+    local = {m.group(2): int(m.group(1)) for m in forwards}
+    for up, down in WORKLOAD:  # one after the other, so answers match requests
+        reader, writer = await asyncio.open_connection("127.0.0.1", local[f"127.0.0.1:{port}"])
+        writer.write(os.urandom(up))
+        writer.write_eof()
+        assert len(await asyncio.wait_for(reader.read(), TIMEOUT)) == down
+        writer.close()
+    with contextlib.suppress(ConnectionResetError):  # a refused tunnel resets the app
+        _, writer = await asyncio.open_connection("127.0.0.1", local[f"127.0.0.1:{closed}"])
+        writer.close()
+    await client.wait_for(r"refused: 403")
+
+    await server.wait_for(CLOSED.format(side="s"), count=3)
+    await client.wait_for(CLOSED.format(side="c"), count=3)
+    assert received == [up for up, _ in WORKLOAD]
+    ups, downs = sum(up for up, _ in WORKLOAD), sum(down for _, down in WORKLOAD)
+    for process, side in ((server, "server"), (client, "client")):
+        metrics = Metrics(await scrape(process), side)
+        assert metrics.value("tunnels_opened_total") == 3
+        assert metrics.value("tunnels_active") == 0
+        assert metrics.value("tunnels_ended_total", end="eof") == 3
+        assert metrics.value("tunnels_ended_total", end="error") == 0
+        assert metrics.value("payload_bytes_total", direction="up") == ups
+        assert metrics.value("payload_bytes_total", direction="down") == downs
+        assert metrics.value("handshake_failures_total", status="403") == 1
+    server_metrics = Metrics(await scrape(server), "server")
+    assert server_metrics.value("target_dial_seconds_count") == 3
+
+
+class Metrics:
+    """Scraped samples of one side, looked up by short name and labels."""
+
+    def __init__(self, samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], side: str):
+        self.samples, self.side = samples, side
+
+    def value(self, name: str, **labels: str) -> float:
+        return self.samples[(f"wstun_{self.side}_{name}", tuple(sorted(labels.items())))]
+
+
+async def test_metrics_are_off_by_default_and_only_on_their_own_port(wstun: Wstun) -> None:
+    """No metrics listener unless asked; the tunnel port doesn't serve /metrics."""
+    server, sport = await wstun.server()
+    assert not server.matches("metrics on")
+    reader, writer = await asyncio.open_connection("127.0.0.1", sport)
+    writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+    status = await asyncio.wait_for(reader.readline(), TIMEOUT)
+    writer.close()
+    assert status.split()[1] in (b"404", b"426")

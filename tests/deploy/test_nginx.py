@@ -1,0 +1,175 @@
+"""Through real nginx with the repository's config, in front of a real wstun-server.
+
+app --TCP--> wstun-client --WS--> nginx /tunnel/ --WS--> wstun-server --TCP--> target
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+
+from .conftest import Nginx, Process, Wstun, echo_target, sha
+
+TIMEOUT = 60.0
+CLOSED = r"tunnel closed id={side}\d+ .*up=(\d+) down=(\d+) .*end=(\S+)"
+
+
+async def behind_nginx(
+    wstun: Wstun,
+    nginx: Nginx,
+    target_port: int,
+    *,
+    read_timeout: str = "60s",
+    ping: str = "20",
+) -> tuple[Process, Process, int]:
+    """Server (path /tunnel) behind nginx, and a client through nginx; its local port."""
+    server, sport = await wstun.server(
+        "--path", "/tunnel", "--allow", f"127.0.0.1:{target_port}", "--ping-interval", ping
+    )
+    port = await nginx.start(sport, read_timeout=read_timeout)
+    client, local = await wstun.client(
+        f"ws://127.0.0.1:{port}/tunnel/", f"127.0.0.1:{target_port}", "--ping-interval", ping
+    )
+    return server, client, local
+
+
+async def test_both_ways_at_once_byte_exact(wstun: Wstun, nginx: Nginx, target) -> None:
+    """4 MiB each way at once through nginx, byte-exact, with exact logged counts."""
+    up, down = os.urandom(4 << 20), os.urandom(4 << 20)
+    received: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        async def send() -> None:
+            writer.write(down)
+            await writer.drain()
+            writer.write_eof()
+
+        _, data = await asyncio.gather(send(), reader.read())
+        received.set_result(data)
+        writer.close()
+
+    port = await target(handler)
+    server, client, local = await behind_nginx(wstun, nginx, port)
+    reader, writer = await asyncio.open_connection("127.0.0.1", local)
+
+    async def send() -> None:
+        writer.write(up)
+        await writer.drain()
+        writer.write_eof()
+
+    _, answer = await asyncio.wait_for(asyncio.gather(send(), reader.read()), TIMEOUT)
+    writer.close()
+
+    assert sha(answer) == sha(down)
+    assert sha(await asyncio.wait_for(received, TIMEOUT)) == sha(up)
+    for proc, side in ((server, "s"), (client, "c")):
+        (line,) = await proc.wait_for(CLOSED.format(side=side))
+        assert line.groups() == (str(len(up)), str(len(down)), "eof")
+    assert '"GET /tunnel/?to=127.0.0.1' in nginx.access_log
+
+
+async def test_half_close_through_nginx(wstun: Wstun, nginx: Nginx, target) -> None:
+    """The app half-closes; the target answers only after EOF, and the answer arrives."""
+    answer_body = os.urandom(300_000)
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        request = await reader.read()  # to EOF: only then answer
+        writer.write(sha(request).encode() + answer_body)
+        await writer.drain()
+        writer.close()
+
+    port = await target(handler)
+    _, _, local = await behind_nginx(wstun, nginx, port)
+    request = os.urandom(500_000)
+    reader, writer = await asyncio.open_connection("127.0.0.1", local)
+    writer.write(request)
+    await writer.drain()
+    writer.write_eof()
+    answer = await asyncio.wait_for(reader.read(), TIMEOUT)
+    writer.close()
+
+    assert answer == sha(request).encode() + answer_body
+
+
+async def test_target_half_closes_first_through_nginx(wstun: Wstun, nginx: Nginx, target) -> None:
+    """The target half-closes first; the app keeps sending and the target gets it all."""
+    greeting = os.urandom(100_000)
+    received: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(greeting)
+        await writer.drain()
+        writer.write_eof()
+        received.set_result(await reader.read())
+        writer.close()
+
+    port = await target(handler)
+    _, _, local = await behind_nginx(wstun, nginx, port)
+    reader, writer = await asyncio.open_connection("127.0.0.1", local)
+    assert await asyncio.wait_for(reader.read(), TIMEOUT) == greeting
+    late = os.urandom(200_000)
+    writer.write(late)
+    await writer.drain()
+    writer.write_eof()
+    assert await asyncio.wait_for(received, TIMEOUT) == late
+    writer.close()
+
+
+async def test_health_and_other_paths_through_nginx(wstun: Wstun, nginx: Nginx) -> None:
+    """/tunnel/healthz answers 200 through nginx; paths outside /tunnel/ never reach wstun."""
+    _, sport = await wstun.server("--path", "/tunnel")
+    port = await nginx.start(sport)
+
+    def curl(path: str) -> tuple[str, str]:
+        result = subprocess.run(
+            ["curl", "-sS", "-w", "\n%{http_code}", f"http://127.0.0.1:{port}{path}"],
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+            check=True,
+        )
+        body, _, status = result.stdout.rpartition("\n")
+        return status, body
+
+    assert await asyncio.to_thread(curl, "/tunnel/healthz") == ("200", "ok\n")
+    status, body = await asyncio.to_thread(curl, "/other")
+    assert status == "404"
+    assert "the endpoint is /tunnel/" in body
+
+
+async def test_pings_keep_an_idle_tunnel_alive(wstun: Wstun, nginx: Nginx, target) -> None:
+    """proxy_read_timeout 3s, pings every 1s: a tunnel idle for 10 s still works."""
+    port = await target(echo_target())
+    _, client, local = await behind_nginx(wstun, nginx, port, read_timeout="3s", ping="1")
+    reader, writer = await asyncio.open_connection("127.0.0.1", local)
+    writer.write(b"before")
+    assert await asyncio.wait_for(reader.readexactly(6), TIMEOUT) == b"before"
+
+    await asyncio.sleep(10)  # the idle period under test, over three read timeouts
+
+    writer.write(b"after the quiet")
+    assert await asyncio.wait_for(reader.readexactly(15), TIMEOUT) == b"after the quiet"
+    writer.write_eof()
+    assert await asyncio.wait_for(reader.read(), TIMEOUT) == b""
+    writer.close()
+    (line,) = await client.wait_for(CLOSED.format(side="c"))
+    assert line.group(3) == "eof"
+
+
+async def test_without_pings_nginx_cuts_an_idle_tunnel(wstun: Wstun, nginx: Nginx, target) -> None:
+    """proxy_read_timeout 3s and pings off: nginx cuts the quiet tunnel; the app sees it end."""
+    port = await target(echo_target())
+    _, client, local = await behind_nginx(wstun, nginx, port, read_timeout="3s", ping="0")
+    reader, writer = await asyncio.open_connection("127.0.0.1", local)
+    writer.write(b"before")
+    assert await asyncio.wait_for(reader.readexactly(6), TIMEOUT) == b"before"
+
+    (line,) = await client.wait_for(CLOSED.format(side="c"), timeout=TIMEOUT)
+    assert line.group(3) == "error"
+    try:
+        tail = await asyncio.wait_for(reader.read(), TIMEOUT)
+    except ConnectionResetError:
+        tail = None
+    assert tail is None, "a cut tunnel must reset the app's connection, not end it cleanly"
+    writer.close()
