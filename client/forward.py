@@ -274,6 +274,7 @@ class TunnelClient:
             log_failure=self.failures.log,
             read_size=self.config.read_size,
             idle_timeout=self.config.idle_timeout,
+            metrics=self.metrics,
         )
         task = asyncio.get_running_loop().create_task(session)
         self._tunnels.add(task)

@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from common.errors import HandshakeError, StreamError
+from common.metrics import TunnelMetrics
 from common.protocol import Target
 from common.report import TunnelReport, new_tunnel_id, relay_and_report
 from common.streams import ByteStream
@@ -438,12 +439,14 @@ async def serve_socks_connection(
     log_failure: Callable[[str], object],
     read_size: int,
     idle_timeout: float | None,
+    metrics: TunnelMetrics | None = None,
 ) -> None:
     """Run one SOCKS5 connection: negotiate, open the tunnel, answer, relay.
 
     ``dial`` opens the tunnel for a target (raising HandshakeError when the
     server refuses); ``log_failure`` takes one line per failure and may
-    rate-limit it. Nothing here raises except cancellation.
+    rate-limit it; ``metrics``, when given, counts the tunnel as ``-L``
+    tunnels are counted. Nothing here raises except cancellation.
     """
     try:
         async with asyncio.timeout(HANDSHAKE_TIMEOUT):
@@ -460,7 +463,9 @@ async def serve_socks_connection(
     except asyncio.CancelledError:
         await local.abort()
         raise
-    await _tunnel(local, peer, request.target, extra, dial, log_failure, read_size, idle_timeout)
+    await _tunnel(
+        local, peer, request.target, extra, dial, log_failure, read_size, idle_timeout, metrics
+    )
 
 
 async def _tunnel(
@@ -472,11 +477,14 @@ async def _tunnel(
     log_failure: Callable[[str], object],
     read_size: int,
     idle_timeout: float | None,
+    metrics: TunnelMetrics | None,
 ) -> None:
     report = TunnelReport(new_tunnel_id("c"), peer, str(target))
     try:
         remote = await dial(target)
     except HandshakeError as exc:
+        if metrics is not None:
+            metrics.handshake_failed(exc.status)
         code = reply_for_status(exc.status)
         outcome = f"refused: {exc.status}" if exc.status else "failed:"
         log_failure(f"tunnel to {target} {outcome} {exc.reason} (SOCKS5 reply 0x{code:02x})")
@@ -496,13 +504,19 @@ async def _tunnel(
     except asyncio.CancelledError:
         await asyncio.gather(local.abort(), remote.abort("client shutting down"))
         raise
-    await relay_and_report(
-        _Buffered(local, extra),
-        remote,
-        report,
-        logger,
-        read_size=read_size,
-        idle_timeout=idle_timeout,
-        names=("local", "server"),
-        cancel_reason="client shutting down",
-    )
+    if metrics is not None:
+        metrics.tunnel_opened()
+    try:
+        await relay_and_report(
+            _Buffered(local, extra),
+            remote,
+            report,
+            logger,
+            read_size=read_size,
+            idle_timeout=idle_timeout,
+            names=("local", "server"),
+            cancel_reason="client shutting down",
+        )
+    finally:
+        if metrics is not None:
+            metrics.tunnel_ended(report)

@@ -83,3 +83,47 @@ async def test_metrics_are_off_by_default_and_only_on_their_own_port(wstun: Wstu
     status = await asyncio.wait_for(reader.readline(), TIMEOUT)
     writer.close()
     assert status.split()[1] in (b"404", b"426")
+
+
+async def socks_connect(
+    port: int, target_port: int
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A SOCKS5 CONNECT to 127.0.0.1:target_port through the -D port; returns the stream."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"\x05\x01\x00")
+    assert await asyncio.wait_for(reader.readexactly(2), TIMEOUT) == b"\x05\x00"
+    writer.write(b"\x05\x01\x00\x01\x7f\x00\x00\x01" + target_port.to_bytes(2, "big"))
+    reply = await asyncio.wait_for(reader.readexactly(10), TIMEOUT)
+    assert reply[1] == 0, f"SOCKS5 reply {reply[1]:#04x}"
+    return reader, writer
+
+
+async def test_socks_tunnels_are_counted_like_forwards(wstun: Wstun, target) -> None:
+    """-D tunnels show in the client's metrics with their exact payload counts."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        data = await reader.read()
+        writer.write(data * 2)
+        await writer.drain()
+        writer.close()
+
+    port = await target(handler)
+    _, sport = await wstun.server("--allow", f"127.0.0.1:{port}")
+    client = wstun.spawn(
+        [wstun.client_cmd, f"ws://127.0.0.1:{sport}/", "--metrics-listen", "127.0.0.1:0",
+         "-D", "0"]
+    )  # fmt: skip
+    (match,) = await client.wait_for(r"SOCKS5 proxy on 127\.0\.0\.1:(\d+)")
+    sizes = [10, 70_000]
+    for size in sizes:
+        reader, writer = await socks_connect(int(match.group(1)), port)
+        writer.write(os.urandom(size))
+        writer.write_eof()
+        assert len(await asyncio.wait_for(reader.read(), TIMEOUT)) == 2 * size
+        writer.close()
+    await client.wait_for(CLOSED.format(side="c"), count=len(sizes))
+    metrics = Metrics(await scrape(client), "client")
+    assert metrics.value("tunnels_opened_total") == len(sizes)
+    assert metrics.value("tunnels_ended_total", end="eof") == len(sizes)
+    assert metrics.value("payload_bytes_total", direction="up") == sum(sizes)
+    assert metrics.value("payload_bytes_total", direction="down") == 2 * sum(sizes)
