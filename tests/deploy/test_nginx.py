@@ -9,6 +9,7 @@ import asyncio
 import os
 import subprocess
 
+from ..e2e.conftest import greets_then_half_closes
 from .conftest import Nginx, Process, Wstun, echo_target, sha
 
 TIMEOUT = 60.0
@@ -95,15 +96,7 @@ async def test_half_close_through_nginx(wstun: Wstun, nginx: Nginx, target) -> N
 async def test_target_half_closes_first_through_nginx(wstun: Wstun, nginx: Nginx, target) -> None:
     """The target half-closes first; the app keeps sending and the target gets it all."""
     greeting = os.urandom(100_000)
-    received: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writer.write(greeting)
-        await writer.drain()
-        writer.write_eof()
-        received.set_result(await reader.read())
-        writer.close()
-
+    handler, received = greets_then_half_closes(greeting)
     port = await target(handler)
     _, _, local = await behind_nginx(wstun, nginx, port)
     reader, writer = await asyncio.open_connection("127.0.0.1", local)

@@ -8,6 +8,7 @@ waits on a fixed delay. Every process is stopped by its own pid.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import re
 import shutil
@@ -184,6 +185,44 @@ async def target() -> AsyncIterator[Callable[[Handler], Awaitable[int]]]:
     for server in servers:
         server.close()
         await server.wait_closed()
+
+
+@pytest.fixture
+def unanswering_port() -> Iterator[int]:
+    """A listener whose accept queue is full: new connections hang in SYN_SENT."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port: int = listener.getsockname()[1]
+    fillers = []
+    for _ in range(3):
+        filler = socket.socket()
+        filler.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            filler.connect(("127.0.0.1", port))
+        fillers.append(filler)
+    try:
+        yield port
+    finally:
+        for sock in [*fillers, listener]:
+            sock.close()
+
+
+def greets_then_half_closes(greeting: bytes) -> tuple[Handler, asyncio.Future[bytes]]:
+    """A target handler that sends ``greeting``, half-closes, then reads to EOF.
+
+    The future resolves to everything the target received after its EOF.
+    """
+    received: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(greeting)
+        await writer.drain()
+        writer.write_eof()
+        received.set_result(await reader.read())
+        writer.close()
+
+    return handler, received
 
 
 def sha(data: bytes) -> str:

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import os
-import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -97,27 +94,6 @@ async def test_status_and_reason(
     if body:
         assert body.count("\n") == 1
         assert body.endswith("\n")
-
-
-@pytest.fixture
-def unanswering_port() -> Iterator[int]:
-    """A listener whose accept queue is full: new connections hang in SYN_SENT."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(0)
-    port: int = listener.getsockname()[1]
-    fillers = []
-    for _ in range(3):
-        filler = socket.socket()
-        filler.setblocking(False)
-        with contextlib.suppress(BlockingIOError):
-            filler.connect(("127.0.0.1", port))
-        fillers.append(filler)
-    try:
-        yield port
-    finally:
-        for sock in [*fillers, listener]:
-            sock.close()
 
 
 async def test_dial_timeout_is_504(wstun: Wstun, unanswering_port: int) -> None:

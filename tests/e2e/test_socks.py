@@ -13,7 +13,6 @@ import http.server
 import ipaddress
 import os
 import re
-import socket
 import struct
 import threading
 from collections.abc import AsyncIterator, Iterator
@@ -204,27 +203,6 @@ class Setup:
     closed: int  # nothing listens
     silent: int  # never accepts (504)
     echo6_server: asyncio.Server
-
-
-@pytest.fixture
-def unanswering_port() -> Iterator[int]:
-    """A listener whose accept queue is full: new connections hang in SYN_SENT."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(0)
-    port: int = listener.getsockname()[1]
-    fillers = []
-    for _ in range(3):
-        filler = socket.socket()
-        filler.setblocking(False)
-        with contextlib.suppress(BlockingIOError):
-            filler.connect(("127.0.0.1", port))
-        fillers.append(filler)
-    try:
-        yield port
-    finally:
-        for sock in [*fillers, listener]:
-            sock.close()
 
 
 async def start_setup(wstun: Wstun, target, unanswering_port: int, *client_args: str) -> Setup:

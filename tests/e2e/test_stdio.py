@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import Handler, Process, Wstun, free_port, sha
+from .conftest import Handler, Process, Wstun, free_port, greets_then_half_closes, sha
 
 TIMEOUT = 60.0
 
@@ -78,15 +78,7 @@ async def test_pipe_half_close_then_answer(wstun: Wstun, target) -> None:
 async def test_target_eof_closes_stdout_first(wstun: Wstun, target) -> None:
     """The target half-closes first: stdout ends while stdin still flows to the target."""
     greeting = os.urandom(100_000)
-    received: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writer.write(greeting)
-        await writer.drain()
-        writer.write_eof()
-        received.set_result(await reader.read())
-        writer.close()
-
+    handler, received = greets_then_half_closes(greeting)
     port = await target(handler)
     _, sport = await wstun.server("--allow", f"127.0.0.1:{port}")
     proc = await asyncio.create_subprocess_exec(

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import Handler, Wstun, free_port, sha
+from .conftest import Handler, Wstun, free_port, greets_then_half_closes, sha
 
 TIMEOUT = 60.0
 CLOSED = r"tunnel closed id={side}\d+ .*up=(\d+) down=(\d+) .*end=(\S+)"
@@ -92,15 +92,7 @@ async def test_client_half_close_then_answer(wstun: Wstun, target) -> None:
 async def test_target_half_close_first(wstun: Wstun, target) -> None:
     """The target half-closes first; the app reads to EOF and keeps sending."""
     greeting = os.urandom(100_000)
-    received: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writer.write(greeting)
-        await writer.drain()
-        writer.write_eof()
-        received.set_result(await reader.read())
-        writer.close()
-
+    handler, received = greets_then_half_closes(greeting)
     port = await target(handler)
     _, _, local = await wstun.tunnel(port)
     reader, writer = await asyncio.open_connection("127.0.0.1", local)
