@@ -296,20 +296,17 @@ class TunnelClient:
         except asyncio.CancelledError:
             await local.abort()
             raise
-        self.metrics.tunnel_opened()
-        try:
-            await relay_and_report(
-                local,
-                ws,
-                report,
-                logger,
-                read_size=self.config.read_size,
-                idle_timeout=self.config.idle_timeout,
-                names=("local", "server"),
-                cancel_reason="client shutting down",
-            )
-        finally:
-            self.metrics.tunnel_ended(report)
+        await relay_and_report(
+            local,
+            ws,
+            report,
+            logger,
+            read_size=self.config.read_size,
+            idle_timeout=self.config.idle_timeout,
+            names=("local", "server"),
+            cancel_reason="client shutting down",
+            counter=self.metrics,
+        )
 
     async def stop(self) -> None:
         """Stop listening, then end the tunnels still open."""

@@ -504,19 +504,14 @@ async def _tunnel(
     except asyncio.CancelledError:
         await asyncio.gather(local.abort(), remote.abort("client shutting down"))
         raise
-    if metrics is not None:
-        metrics.tunnel_opened()
-    try:
-        await relay_and_report(
-            _Buffered(local, extra),
-            remote,
-            report,
-            logger,
-            read_size=read_size,
-            idle_timeout=idle_timeout,
-            names=("local", "server"),
-            cancel_reason="client shutting down",
-        )
-    finally:
-        if metrics is not None:
-            metrics.tunnel_ended(report)
+    await relay_and_report(
+        _Buffered(local, extra),
+        remote,
+        report,
+        logger,
+        read_size=read_size,
+        idle_timeout=idle_timeout,
+        names=("local", "server"),
+        cancel_reason="client shutting down",
+        counter=metrics,
+    )

@@ -7,12 +7,13 @@ import dataclasses
 import itertools
 import logging
 import time
+from typing import Protocol
 
 from .errors import IdleTimeout, RelayError
 from .relay import copy_bidirectional
 from .streams import ByteStream
 
-__all__ = ["TunnelReport", "format_peer", "new_tunnel_id", "relay_and_report"]
+__all__ = ["TunnelCounter", "TunnelReport", "format_peer", "new_tunnel_id", "relay_and_report"]
 
 _ids = itertools.count(1)
 
@@ -66,6 +67,14 @@ class TunnelReport:
         return text
 
 
+class TunnelCounter(Protocol):
+    """What counts tunnels (the metrics): told when one starts and how it ended."""
+
+    def tunnel_opened(self) -> None: ...
+
+    def tunnel_ended(self, report: TunnelReport) -> None: ...
+
+
 async def relay_and_report(
     a: ByteStream,
     b: ByteStream,
@@ -76,12 +85,17 @@ async def relay_and_report(
     idle_timeout: float | None,
     names: tuple[str, str],
     cancel_reason: str,
+    counter: TunnelCounter | None = None,
 ) -> None:
     """Relay ``a`` (the client side) and ``b``, then log the tunnel's one line.
 
     A relay error ends up in the report, not raised: the tunnel is over
     either way. Cancellation is logged with ``cancel_reason`` and re-raised.
+    ``counter``, when given, hears of the tunnel's start and of its end,
+    with the same report (and so the same payload counts) as the log line.
     """
+    if counter is not None:
+        counter.tunnel_opened()
     counts: tuple[int, int] | None = None
     error: BaseException | None = None
     try:
@@ -97,3 +111,5 @@ async def relay_and_report(
     finally:
         report.finish(counts, error)
         log.info("%s", report.line())
+        if counter is not None:
+            counter.tunnel_ended(report)

@@ -207,20 +207,17 @@ class TunnelServer:
             ping_timeout=self.config.ping_timeout,
         )
         logger.debug("tunnel open id=%s peer=%s target=%s", report.id, report.peer, target)
-        self.metrics.tunnel_opened()
-        try:
-            await relay_and_report(
-                ws,
-                target_stream,
-                report,
-                logger,
-                read_size=self.config.read_size,
-                idle_timeout=self.config.idle_timeout,
-                names=("client", "target"),
-                cancel_reason="server shutting down",
-            )
-        finally:
-            self.metrics.tunnel_ended(report)
+        await relay_and_report(
+            ws,
+            target_stream,
+            report,
+            logger,
+            read_size=self.config.read_size,
+            idle_timeout=self.config.idle_timeout,
+            names=("client", "target"),
+            cancel_reason="server shutting down",
+            counter=self.metrics,
+        )
 
     # Lifecycle.
 
