@@ -42,10 +42,10 @@ from common.streams import (
     TcpStream,
     TunnelServerConnection,
     WebSocketStream,
-    open_tcp,
 )
 
 from .policy import Policy
+from .targets import Resolver, dial_first, resolve
 
 __all__ = ["ServerConfig", "TunnelServer", "run_server"]
 
@@ -74,8 +74,10 @@ class ServerConfig:
 class TunnelServer:
     """Accepts WebSocket upgrades and turns each into a relayed tunnel."""
 
-    def __init__(self, config: ServerConfig) -> None:
+    def __init__(self, config: ServerConfig, *, resolver: Resolver = resolve) -> None:
         self.config = config
+        # Turns a target's name into addresses for the policy to check.
+        self._resolve = resolver
         self._token = config.token.encode() if config.token else None
         self._server: Server | None = None
 
@@ -111,7 +113,7 @@ class TunnelServer:
         return None
 
     def _check(self, request: Request) -> Target | HandshakeRejection:
-        """Path, upgrade, token, target and policy, in that order."""
+        """Path, upgrade, token and target, in that order (the policy comes next)."""
         url = urlsplit(request.path)
         if not path_matches(url.path, self.config.path):
             return HandshakeRejection(Failure.NOT_FOUND, f"no tunnel endpoint at {url.path}")
@@ -123,17 +125,34 @@ class TunnelServer:
         if rejection is not None:
             return rejection
         target = target_from_query(url.query, self.config.default_target)
-        if isinstance(target, HandshakeRejection):
-            return target
-        if self.config.policy.allowing_rule(target) is None:
-            return HandshakeRejection(Failure.FORBIDDEN, f"target not allowed: {target}")
         return target
 
+    async def _addresses(self, target: Target) -> Sequence[str] | HandshakeRejection:
+        """Resolve ``target`` and keep the addresses the policy allows (403 if none)."""
+        policy = self.config.policy
+        if not policy.may_allow(target):
+            return HandshakeRejection(Failure.FORBIDDEN, f"target not allowed: {target}")
+        try:
+            resolved = await self._resolve(target.host, target.port)
+        except OSError as exc:
+            return HandshakeRejection(
+                Failure.TARGET_UNREACHABLE,
+                f"target {target}: name does not resolve ({describe_os_error(exc)})",
+            )
+        decision = policy.decide(target, resolved)
+        if not decision.allowed:
+            return HandshakeRejection(Failure.FORBIDDEN, decision.reason)
+        return decision.addresses
+
     async def _dial(self, target: Target) -> TcpStream | HandshakeRejection:
+        """Resolve, check and dial ``target`` within the connect timeout."""
         timeout = self.config.connect_timeout
         try:
             async with asyncio.timeout(timeout):
-                return await open_tcp(target.host, target.port)
+                addresses = await self._addresses(target)
+                if isinstance(addresses, HandshakeRejection):
+                    return addresses
+                return await dial_first(addresses, target.port)
         except TimeoutError:
             return HandshakeRejection(
                 Failure.TARGET_TIMEOUT, f"target {target} did not answer within {timeout:g}s"

@@ -16,7 +16,7 @@ from common.protocol import Target, normalize_prefix
 from common.runtime import configure_logging, install_stop_signals, run
 
 from .app import ServerConfig, run_server
-from .policy import Policy
+from .policy import Policy, load_policy_file
 
 __all__ = ["main"]
 
@@ -53,8 +53,21 @@ logger = logging.getLogger("wstun.server")
     "allow",
     multiple=True,
     metavar="PATTERN",
-    help="Target clients may reach: HOST:PORT, HOST:LOW-HIGH, HOST:*, *:* (repeatable). "
-    "Nothing is allowed unless allowed here or by --to.",
+    help="Target clients may reach: HOST:PORT, HOST:LOW-HIGH, HOST:*, *.SUFFIX:PORT, "
+    "CIDR:PORT ([fd00::/8]:* for IPv6), *:* (repeatable). "
+    "Nothing is allowed unless allowed here, by --policy-file or by --to.",
+)
+@click.option(
+    "--deny",
+    "deny",
+    multiple=True,
+    metavar="PATTERN",
+    help="Target clients may not reach, same syntax as --allow (repeatable); deny wins.",
+)
+@click.option(
+    "--policy-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help='TOML file with more rules: allow = ["db:5432", ...], deny = [...].',
 )
 @click.option(
     "--to",
@@ -77,6 +90,8 @@ def main(
     listen: Target,
     path_prefix: str,
     allow: tuple[str, ...],
+    deny: tuple[str, ...],
+    policy_file: Path | None,
     default_target: Target | None,
     connect_timeout: float,
     token_file: Path | None,
@@ -96,11 +111,7 @@ def main(
         path = normalize_prefix(path_prefix)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--path") from None
-    extra = (default_target,) if default_target else ()
-    try:
-        policy = Policy.from_patterns(allow, *extra)
-    except TargetError as exc:
-        raise click.BadParameter(str(exc), param_hint="--allow") from None
+    policy = _policy(allow, deny, policy_file, default_target)
     config = ServerConfig(
         listen=listen,
         path=path,
@@ -121,14 +132,40 @@ def main(
     sys.exit(run(lambda: _serve(config)))
 
 
+def _policy(
+    allow: tuple[str, ...],
+    deny: tuple[str, ...],
+    policy_file: Path | None,
+    default_target: Target | None,
+) -> Policy:
+    """The command line's rules, then the policy file's; a bad rule is a usage error."""
+    extra = (default_target,) if default_target else ()
+    try:
+        policy = Policy.from_patterns(allow, *extra)
+    except TargetError as exc:
+        raise click.BadParameter(str(exc), param_hint="--allow") from None
+    try:
+        policy = policy.merged(Policy.from_patterns((), deny=deny))
+    except TargetError as exc:
+        raise click.BadParameter(str(exc), param_hint="--deny") from None
+    if policy_file is not None:
+        try:
+            policy = policy.merged(load_policy_file(policy_file))
+        except TargetError as exc:
+            raise click.BadParameter(str(exc), param_hint="--policy-file") from None
+    return policy
+
+
 def describe(config: ServerConfig) -> str:
     """A readable summary of a configuration (for --check)."""
-    rules = ", ".join(str(rule) for rule in config.policy.rules) or "(none)"
+    rules = ", ".join(str(rule) for rule in config.policy.allow) or "(none)"
+    denied = ", ".join(str(rule) for rule in config.policy.deny) or "(none)"
     return "\n".join(
         [
             f"listen: {config.listen}",
             f"path: {config.path}",
             f"allow: {rules}",
+            f"deny: {denied}",
             f"default target: {config.default_target or '(none)'}",
             f"token: {'set' if config.token else 'not set'}",
             f"connect timeout: {config.connect_timeout:g}s",
