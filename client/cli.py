@@ -72,6 +72,13 @@ def _check_url(ctx: click.Context, param: click.Parameter, value: str) -> str:
     show_default=True,
     help="Seconds to wait for the server's WebSocket handshake.",
 )
+@click.option(
+    "--max-tunnels",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Tunnels open at once per -L listener (0: unlimited); more are reset.",
+)
 @common_options
 @click.option("--check", is_flag=True, help="Validate the options, print the result and exit.")
 @click.version_option(__version__, prog_name="wstun-client")
@@ -79,10 +86,12 @@ def main(
     url: str,
     forwards: tuple[Forward, ...],
     connect_timeout: float,
+    max_tunnels: int,
     token_file: Path | None,
     idle_timeout: float,
     ping_interval: float,
     ping_timeout: float,
+    grace: float,
     log_level: str,
     check: bool,
 ) -> None:
@@ -101,6 +110,8 @@ def main(
         idle_timeout=seconds_or_off(idle_timeout),
         ping_interval=seconds_or_off(ping_interval),
         ping_timeout=seconds_or_off(ping_timeout),
+        grace=grace,
+        max_tunnels=max_tunnels or None,
     )
     if check:
         click.echo(f"server: {config.url}")

@@ -117,6 +117,10 @@ class ClientConfig:
     ping_interval: float | None = 20.0
     ping_timeout: float | None = 20.0
     read_size: int = DEFAULT_READ_SIZE
+    #: Seconds open tunnels may go on after SIGTERM before they are cut.
+    grace: float = 5.0
+    #: Tunnels open at once per -L listener (``None``: unlimited).
+    max_tunnels: int | None = None
 
 
 def _first_line(body: bytes, fallback: str) -> str:
@@ -190,6 +194,8 @@ class TunnelClient:
         self.failures = FailureLog()
         self._servers: list[asyncio.Server] = []
         self._tunnels: set[asyncio.Task[None]] = set()
+        # Open tunnels per forward, for the max_tunnels cap.
+        self._open: dict[Forward, int] = {}
 
     async def start(self) -> list[tuple[Forward, tuple[str, int]]]:
         """Bind every ``-L`` listener; returns each forward with its bound address."""
@@ -224,9 +230,22 @@ class TunnelClient:
         return bound
 
     def _accepted(self, local: TcpStream, forward: Forward) -> None:
-        task = asyncio.get_running_loop().create_task(self._tunnel(local, forward))
+        loop = asyncio.get_running_loop()
+        cap = self.config.max_tunnels
+        if cap is not None and self._open.get(forward, 0) >= cap:
+            self.failures.log(f"-L {forward}: {cap} tunnels open, the limit; resetting new ones")
+            refusal = loop.create_task(local.abort())
+            self._tunnels.add(refusal)
+            refusal.add_done_callback(self._tunnels.discard)
+            return
+        self._open[forward] = self._open.get(forward, 0) + 1
+        task = loop.create_task(self._tunnel(local, forward))
         self._tunnels.add(task)
-        task.add_done_callback(self._tunnels.discard)
+        task.add_done_callback(functools.partial(self._tunnel_done, forward=forward))
+
+    def _tunnel_done(self, task: asyncio.Task[None], forward: Forward) -> None:
+        self._tunnels.discard(task)
+        self._open[forward] -= 1
 
     async def _tunnel(self, local: TcpStream, forward: Forward) -> None:
         report = TunnelReport(new_tunnel_id("c"), format_peer(local.peername), str(forward.remote))
@@ -254,6 +273,17 @@ class TunnelClient:
             cancel_reason="client shutting down",
         )
 
+    async def drain(self, grace: float) -> None:
+        """Stop listening, give open tunnels up to ``grace`` seconds, then :meth:`stop`."""
+        for server in self._servers:
+            server.close()
+        if self._tunnels:
+            logger.info("draining: %d tunnel(s) open, grace %gs", len(self._tunnels), grace)
+            _, pending = await asyncio.wait(set(self._tunnels), timeout=grace)
+            if pending:
+                logger.info("grace period over: closing %d tunnel(s)", len(pending))
+        await self.stop()
+
     async def stop(self) -> None:
         """Stop listening, then end the tunnels still open."""
         for server in self._servers:
@@ -268,11 +298,12 @@ class TunnelClient:
 
 
 async def run_client(config: ClientConfig, stop: asyncio.Event) -> None:
-    """Forward until ``stop`` is set, then stop listening and end tunnels."""
+    """Forward until ``stop`` is set, drain for ``config.grace`` seconds, then end tunnels."""
     client = TunnelClient(config)
     await client.start()
     try:
         await stop.wait()
-    finally:
         logger.info("shutting down")
+        await client.drain(config.grace)
+    finally:
         await client.stop()

@@ -38,12 +38,14 @@ from common.protocol import (
 from common.report import TunnelReport, format_peer, new_tunnel_id, relay_and_report
 from common.streams import (
     DEFAULT_READ_SIZE,
+    WS_MAX_SIZE,
     WS_OPTIONS,
     TcpStream,
     TunnelServerConnection,
     WebSocketStream,
 )
 
+from .limits import ConnectionLimits, client_host
 from .policy import Policy
 from .targets import Resolver, dial_first, resolve
 
@@ -66,6 +68,15 @@ class ServerConfig:
     ping_interval: float | None = 20.0
     ping_timeout: float | None = 20.0
     read_size: int = DEFAULT_READ_SIZE
+    #: Seconds open tunnels may go on after SIGTERM before they are closed (1001).
+    grace: float = 5.0
+    #: Tunnels at once, in total and per client address (``None``: unlimited).
+    max_connections: int | None = None
+    max_per_client: int | None = None
+    #: Seconds a client has to complete its opening handshake.
+    handshake_timeout: float = 10.0
+    #: Largest WebSocket message accepted (bigger ones close with 1009).
+    max_message_size: int = WS_MAX_SIZE
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "path", normalize_prefix(self.path))
@@ -80,6 +91,9 @@ class TunnelServer:
         self._resolve = resolver
         self._token = config.token.encode() if config.token else None
         self._server: Server | None = None
+        self.limits = ConnectionLimits(config.max_connections, config.max_per_client)
+        # Set on SIGTERM: new tunnels get 503, /healthz says 503, open ones go on.
+        self.draining = False
 
     # Handshake: every check, then the dial, before 101.
 
@@ -169,10 +183,21 @@ class TunnelServer:
         connection.client_peer = self._client_peer(connection, request)
         url = urlsplit(request.path)
         if is_health_path(url.path, self.config.path) and "Upgrade" not in request.headers:
+            if self.draining:
+                return connection.respond(503, "draining\n")
             return connection.respond(200, "ok\n")
+        if self.draining:
+            return self._reject(
+                connection, HandshakeRejection(Failure.UNAVAILABLE, "server is shutting down")
+            )
         checked = self._check(request)
         if isinstance(checked, HandshakeRejection):
             return self._reject(connection, checked)
+        client = client_host(connection.client_peer)
+        refused = self.limits.acquire(client)
+        if refused is not None:
+            return self._reject(connection, refused)
+        connection.connection_lost_waiter.add_done_callback(lambda _: self.limits.release(client))
         dialled = await self._dial(checked)
         if isinstance(dialled, HandshakeRejection):
             return self._reject(connection, dialled)
@@ -220,13 +245,30 @@ class TunnelServer:
             create_connection=TunnelServerConnection,
             select_subprotocol=_select_subprotocol,
             subprotocols=[Subprotocol(SUBPROTOCOL)],
-            **WS_OPTIONS,
+            **{**WS_OPTIONS, "max_size": cfg.max_message_size},
+            open_timeout=cfg.handshake_timeout,
             server_header=f"wstun/{__version__}",
         )
         addresses = [sock.getsockname()[:2] for sock in self._server.sockets]
         for host, port in addresses:
             logger.info("listening on %s path=%s", format_target(host, port), cfg.path)
         return addresses
+
+    async def drain(self, grace: float) -> None:
+        """Refuse new tunnels (503) but let open ones go on for up to ``grace`` seconds.
+
+        The listening socket stays open meanwhile, so new upgrades and
+        ``/healthz`` get a clear 503 rather than a refused connection. Then
+        :meth:`stop` closes whatever is still open with 1001.
+        """
+        self.draining = True
+        if self.limits.total:
+            logger.info("draining: %d tunnel(s) open, grace %gs", self.limits.total, grace)
+            try:
+                await asyncio.wait_for(self.limits.wait_empty(), grace)
+            except TimeoutError:
+                logger.info("grace period over: closing %d tunnel(s)", self.limits.total)
+        await self.stop()
 
     async def stop(self) -> None:
         """Stop listening and close open tunnels (1001: going away)."""
@@ -243,11 +285,12 @@ def _select_subprotocol(
 
 
 async def run_server(config: ServerConfig, stop: asyncio.Event) -> None:
-    """Serve until ``stop`` is set, then stop listening and end tunnels."""
+    """Serve until ``stop`` is set, drain for ``config.grace`` seconds, then end tunnels."""
     server = TunnelServer(config)
     await server.start()
     try:
         await stop.wait()
-    finally:
         logger.info("shutting down")
+        await server.drain(config.grace)
+    finally:
         await server.stop()

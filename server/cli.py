@@ -14,6 +14,7 @@ from common.errors import TargetError
 from common.options import ENV_PREFIX, LISTEN, TARGET, common_options, load_token, seconds_or_off
 from common.protocol import Target, normalize_prefix
 from common.runtime import configure_logging, install_stop_signals, run
+from common.streams import WS_MAX_SIZE
 
 from .app import ServerConfig, run_server
 from .policy import Policy, load_policy_file
@@ -83,6 +84,34 @@ logger = logging.getLogger("wstun.server")
     show_default=True,
     help="Seconds to wait for the target to accept (504 after that).",
 )
+@click.option(
+    "--max-connections",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Tunnels open at once, in total (0: unlimited); more get 503.",
+)
+@click.option(
+    "--max-per-client",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Tunnels open at once per client address (0: unlimited); more get 503.",
+)
+@click.option(
+    "--handshake-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=10.0,
+    show_default=True,
+    help="Seconds a client has to complete its WebSocket handshake.",
+)
+@click.option(
+    "--max-message-size",
+    type=click.IntRange(min=1024),
+    default=WS_MAX_SIZE,
+    show_default=True,
+    help="Largest WebSocket message accepted, in bytes (bigger: close 1009).",
+)
 @common_options
 @click.option("--check", is_flag=True, help="Validate the options, print the result and exit.")
 @click.version_option(__version__, prog_name="wstun-server")
@@ -94,10 +123,15 @@ def main(
     policy_file: Path | None,
     default_target: Target | None,
     connect_timeout: float,
+    max_connections: int,
+    max_per_client: int,
+    handshake_timeout: float,
+    max_message_size: int,
     token_file: Path | None,
     idle_timeout: float,
     ping_interval: float,
     ping_timeout: float,
+    grace: float,
     log_level: str,
     check: bool,
 ) -> None:
@@ -122,6 +156,11 @@ def main(
         idle_timeout=seconds_or_off(idle_timeout),
         ping_interval=seconds_or_off(ping_interval),
         ping_timeout=seconds_or_off(ping_timeout),
+        grace=grace,
+        max_connections=max_connections or None,
+        max_per_client=max_per_client or None,
+        handshake_timeout=handshake_timeout,
+        max_message_size=max_message_size,
     )
     if check:
         click.echo(describe(config))
@@ -172,6 +211,11 @@ def describe(config: ServerConfig) -> str:
             f"idle timeout: {config.idle_timeout or 'off'}",
             f"ping interval: {config.ping_interval or 'off'}",
             f"ping timeout: {config.ping_timeout or 'off'}",
+            f"grace: {config.grace:g}s",
+            f"max connections: {config.max_connections or 'unlimited'}",
+            f"max per client: {config.max_per_client or 'unlimited'}",
+            f"handshake timeout: {config.handshake_timeout:g}s",
+            f"max message size: {config.max_message_size}",
         ]
     )
 
