@@ -45,6 +45,7 @@ from common.streams import (
     WebSocketStream,
 )
 
+from .badinput import connection_class, handshake_problem, query_problem
 from .limits import ConnectionLimits, client_host
 from .policy import Policy
 from .targets import Resolver, dial_first, resolve
@@ -127,7 +128,7 @@ class TunnelServer:
         return None
 
     def _check(self, request: Request) -> Target | HandshakeRejection:
-        """Path, upgrade, token and target, in that order (the policy comes next)."""
+        """Path, upgrade, query, token and target, in that order (the policy comes next)."""
         url = urlsplit(request.path)
         if not path_matches(url.path, self.config.path):
             return HandshakeRejection(Failure.NOT_FOUND, f"no tunnel endpoint at {url.path}")
@@ -135,7 +136,11 @@ class TunnelServer:
             return HandshakeRejection(
                 Failure.UPGRADE_REQUIRED, "this is a WebSocket tunnel endpoint; upgrade required"
             )
-        rejection = self._check_token(request.headers)
+        rejection = (
+            handshake_problem(request)
+            or query_problem(url.query, self._token)
+            or self._check_token(request.headers)
+        )
         if rejection is not None:
             return rejection
         target = target_from_query(url.query, self.config.default_target)
@@ -242,7 +247,7 @@ class TunnelServer:
             cfg.listen.host,
             cfg.listen.port,
             process_request=self.process_request,
-            create_connection=TunnelServerConnection,
+            create_connection=connection_class(self._reject),
             select_subprotocol=_select_subprotocol,
             subprotocols=[Subprotocol(SUBPROTOCOL)],
             **{**WS_OPTIONS, "max_size": cfg.max_message_size},
