@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import parse_qsl, unquote
+from urllib.parse import parse_qsl
 
 from websockets.exceptions import InvalidMessage
 from websockets.http11 import Request, Response
@@ -84,8 +84,10 @@ def query_problem(query: str, token: bytes | None) -> HandshakeRejection | None:
         return HandshakeRejection(
             Failure.BAD_REQUEST, f"query string has more than {MAX_QUERY_FIELDS} fields"
         )
-    if any(key.lower() in CREDENTIAL_KEYS for key, _ in fields) or (
-        token is not None and token.decode() in unquote(query)
+    secret = token.decode() if token is not None else None
+    if any(
+        key.lower() in CREDENTIAL_KEYS or (secret is not None and secret in (key, value))
+        for key, value in fields
     ):
         return HandshakeRejection(
             Failure.BAD_REQUEST,
