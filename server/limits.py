@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
+import ipaddress
 
 from common.protocol import Failure, HandshakeRejection
 
@@ -16,7 +18,10 @@ __all__ = ["ConnectionLimits", "client_host"]
 
 
 def client_host(peer: str) -> str:
-    """The address part of a ``host:port`` / ``[v6]:port`` peer string."""
+    """The address part of a ``host:port`` / ``[v6]:port`` peer string (a bare
+    address, as a forwarded-for value may be, is returned as it is)."""
+    with contextlib.suppress(ValueError):
+        return str(ipaddress.ip_address(peer))
     host, sep, port = peer.rpartition(":")
     if not sep or not port.isdigit():
         return peer
