@@ -143,8 +143,7 @@ class TunnelServer:
         )
         if rejection is not None:
             return rejection
-        target = target_from_query(url.query, self.config.default_target)
-        return target
+        return target_from_query(url.query, self.config.default_target)
 
     async def _addresses(self, target: Target) -> Sequence[str] | HandshakeRejection:
         """Resolve ``target`` and keep the addresses the policy allows (403 if none)."""

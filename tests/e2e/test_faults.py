@@ -70,7 +70,9 @@ async def test_server_restart_mid_stream(wstun: Wstun, target) -> None:
 
 async def test_slow_local_reader_is_not_a_dead_peer(wstun: Wstun, target) -> None:
     """An app reading slowly for many ping intervals keeps its tunnel; data arrives exact."""
-    payload = os.urandom(6 * 1024 * 1024)
+    # More than every socket buffer on the way can hold, so the backlog
+    # reaches the WebSocket layers and the client stops reading its socket.
+    payload = os.urandom(48 * 1024 * 1024)
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.write(payload)
