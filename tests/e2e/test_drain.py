@@ -36,8 +36,10 @@ async def test_server_drain_finishes_open_tunnel_and_refuses_new_ones(wstun: Wst
     payload = os.urandom(2 * 1024 * 1024)
     release, arrived = asyncio.Event(), asyncio.Event()
     port = await target(held_target(payload, release, arrived))
-    server, client, local = await wstun.tunnel(port, "--grace", "60")
-    sport = int(server.matches(r"listening on 127\.0\.0\.1:(\d+)")[0].group(1))
+    server, sport = await wstun.server(
+        "--allow", f"127.0.0.1:{port}", "--grace", "60", "--path", "/tunnel"
+    )
+    client, local = await wstun.client(f"ws://127.0.0.1:{sport}/tunnel", f"127.0.0.1:{port}")
     reader, writer = await asyncio.open_connection("127.0.0.1", local)
     try:
         writer.write(b"x")
@@ -47,7 +49,8 @@ async def test_server_drain_finishes_open_tunnel_and_refuses_new_ones(wstun: Wst
         await server.wait_for(r"draining: 1 tunnel\(s\) open, grace 60s")
 
         assert await request(sport, "/healthz", {}) == (503, "draining\n")
-        assert await request(sport, f"/?to=127.0.0.1:{port}", upgrade(None)) == (
+        assert await request(sport, "/tunnel/healthz", {}) == (503, "draining\n")
+        assert await request(sport, f"/tunnel?to=127.0.0.1:{port}", upgrade(None)) == (
             503,
             "server is shutting down\n",
         )
