@@ -118,17 +118,20 @@ def netns_pair() -> Iterator[tuple[str, str]]:
     tag = f"wstun{os.getpid()}"
     a, b = f"{tag}a", f"{tag}b"
     try:
-        _ip("netns", "add", a)
-    except (subprocess.CalledProcessError, FileNotFoundError) as exc:
-        pytest.skip(f"this machine doesn't allow network namespaces: {exc}")
-    try:
-        _ip("netns", "add", b)
-        _ip("-n", a, "link", "add", "va", "type", "veth", "peer", "name", "vb", "netns", b)
-        _ip("-n", a, "addr", "add", "10.231.0.1/30", "dev", "va")
-        _ip("-n", b, "addr", "add", "10.231.0.2/30", "dev", "vb")
-        for ns, dev in ((a, "va"), (b, "vb")):
-            _ip("-n", ns, "link", "set", "lo", "up")
-            _ip("-n", ns, "link", "set", dev, "up")
+        try:
+            _ip("netns", "add", a)
+            _ip("netns", "add", b)
+            _ip("-n", a, "link", "add", "va", "type", "veth", "peer", "name", "vb", "netns", b)
+            _ip("-n", a, "addr", "add", "10.231.0.1/30", "dev", "va")
+            _ip("-n", b, "addr", "add", "10.231.0.2/30", "dev", "vb")
+            for ns, dev in ((a, "va"), (b, "vb")):
+                _ip("-n", ns, "link", "set", "lo", "up")
+                _ip("-n", ns, "link", "set", dev, "up")
+        except (subprocess.CalledProcessError, FileNotFoundError) as exc:
+            detail = getattr(exc, "stderr", b"") or b""
+            pytest.skip(
+                f"this machine doesn't allow network namespaces with veth: {exc} {detail!r}"
+            )
         yield a, b
     finally:
         for ns in (a, b):
