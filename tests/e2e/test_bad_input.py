@@ -247,3 +247,21 @@ async def test_bad_input_battery(
     assert SECRET not in log
     assert f"x={TOKEN}" not in log
     assert await http_answer(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n") == (200, "ok\n")
+
+
+async def test_debug_log_hides_query_and_credentials(wstun: Wstun, target) -> None:
+    """Even at --log-level debug, neither a query string nor a bearer token is logged."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.close()
+
+    port = await target(handler)
+    server, sport = await wstun.server("--allow", f"127.0.0.1:{port}", "--log-level", "debug")
+    status, _ = await http_answer(
+        sport, upgrade_head(f"/?to=127.0.0.1:{port}&token={SECRET}", token=TOKEN)
+    )
+    assert status == 400
+    await server.wait_for(r"< GET /\?<query hidden> HTTP/1\.1")
+    await server.wait_for(r"< Authorization: <hidden>")
+    assert SECRET not in server.log
+    assert TOKEN not in server.log
