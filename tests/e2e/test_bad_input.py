@@ -256,7 +256,13 @@ async def test_debug_log_hides_query_and_credentials(wstun: Wstun, target) -> No
         writer.close()
 
     port = await target(handler)
-    server, sport = await wstun.server("--allow", f"127.0.0.1:{port}", "--log-level", "debug")
+    server = wstun.spawn(
+        [wstun.server_cmd, "--listen", "127.0.0.1:0", "--allow", f"127.0.0.1:{port}",
+         "--log-level", "debug"]
+    )  # fmt: skip
+    # websockets logs its own "listening" line at debug level: take ours.
+    (match,) = await server.wait_for(r"wstun\.server: listening on 127\.0\.0\.1:(\d+)")
+    sport = int(match.group(1))
     status, _ = await http_answer(
         sport, upgrade_head(f"/?to=127.0.0.1:{port}&token={SECRET}", token=TOKEN)
     )
