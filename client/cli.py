@@ -165,6 +165,13 @@ def _check_url(ctx: click.Context, param: click.Parameter, value: str) -> str:
     type=LISTEN,
     help="Serve Prometheus metrics at http://HOST:PORT/metrics (off unless given).",
 )
+@click.option(
+    "--max-tunnels",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Tunnels open at once per -L listener (0: unlimited); more are reset.",
+)
 @common_options
 @click.option("--check", is_flag=True, help="Validate the options, print the result and exit.")
 @click.version_option(__version__, prog_name="wstun-client")
@@ -183,10 +190,12 @@ def main(
     headers: tuple[tuple[str, str], ...],
     proxy: str | None,
     metrics_listen: Target | None,
+    max_tunnels: int,
     token_file: Path | None,
     idle_timeout: float,
     ping_interval: float,
     ping_timeout: float,
+    grace: float,
     log_level: str,
     check: bool,
 ) -> None:
@@ -232,6 +241,8 @@ def main(
         proxy=True if proxy is None else None if proxy == "none" else proxy,
         tls=tls,
         metrics_listen=metrics_listen,
+        grace=grace,
+        max_tunnels=max_tunnels or None,
     )
     if check:
         click.echo(f"server: {config.url}")

@@ -133,6 +133,10 @@ class ClientConfig:
     tls: ssl.SSLContext | None = None
     # Where to serve /metrics (None: not served).
     metrics_listen: Target | None = None
+    #: Seconds open tunnels may go on after SIGTERM before they are cut.
+    grace: float = 5.0
+    #: Tunnels open at once per -L listener (``None``: unlimited).
+    max_tunnels: int | None = None
 
 
 def _first_line(body: bytes, fallback: str) -> str:
@@ -218,6 +222,8 @@ class TunnelClient:
         self._tunnels: set[asyncio.Task[None]] = set()
         self._metrics_server: Server | None = None
         self.metrics = TunnelMetrics("client")
+        # Open tunnels per forward, for the max_tunnels cap.
+        self._open: dict[Forward, int] = {}
 
     async def start(self) -> list[tuple[Forward | SocksProxy, tuple[str, int]]]:
         """Bind every ``-L`` and ``-D`` listener; returns each with its bound address."""
@@ -261,9 +267,22 @@ class TunnelClient:
         return [sock.getsockname()[:2] for sock in server.sockets]
 
     def _accepted(self, local: TcpStream, forward: Forward) -> None:
-        task = asyncio.get_running_loop().create_task(self._tunnel(local, forward))
+        loop = asyncio.get_running_loop()
+        cap = self.config.max_tunnels
+        if cap is not None and self._open.get(forward, 0) >= cap:
+            self.failures.log(f"-L {forward}: {cap} tunnels open, the limit; resetting new ones")
+            refusal = loop.create_task(local.abort())
+            self._tunnels.add(refusal)
+            refusal.add_done_callback(self._tunnels.discard)
+            return
+        self._open[forward] = self._open.get(forward, 0) + 1
+        task = loop.create_task(self._tunnel(local, forward))
         self._tunnels.add(task)
-        task.add_done_callback(self._tunnels.discard)
+        task.add_done_callback(functools.partial(self._tunnel_done, forward=forward))
+
+    def _tunnel_done(self, task: asyncio.Task[None], forward: Forward) -> None:
+        self._tunnels.discard(task)
+        self._open[forward] -= 1
 
     def _accepted_socks(self, local: TcpStream, proxy: SocksProxy) -> None:
         session = serve_socks_connection(
@@ -308,6 +327,17 @@ class TunnelClient:
             counter=self.metrics,
         )
 
+    async def drain(self, grace: float) -> None:
+        """Stop listening, give open tunnels up to ``grace`` seconds, then :meth:`stop`."""
+        for server in self._servers:
+            server.close()
+        if self._tunnels:
+            logger.info("draining: %d tunnel(s) open, grace %gs", len(self._tunnels), grace)
+            _, pending = await asyncio.wait(set(self._tunnels), timeout=grace)
+            if pending:
+                logger.info("grace period over: closing %d tunnel(s)", len(pending))
+        await self.stop()
+
     async def stop(self) -> None:
         """Stop listening, then end the tunnels still open."""
         for server in self._servers:
@@ -326,11 +356,12 @@ class TunnelClient:
 
 
 async def run_client(config: ClientConfig, stop: asyncio.Event) -> None:
-    """Forward until ``stop`` is set, then stop listening and end tunnels."""
+    """Forward until ``stop`` is set, drain for ``config.grace`` seconds, then end tunnels."""
     client = TunnelClient(config)
     await client.start()
     try:
         await stop.wait()
-    finally:
         logger.info("shutting down")
+        await client.drain(config.grace)
+    finally:
         await client.stop()

@@ -94,6 +94,13 @@ def common_options(func: F) -> F:
             help="A peer that sends nothing for this long after a ping is dead (0: never).",
         ),
         click.option(
+            "--grace",
+            type=click.FloatRange(min=0),
+            default=5.0,
+            show_default=True,
+            help="On SIGTERM, stop accepting and give open tunnels this many seconds to finish.",
+        ),
+        click.option(
             "--log-level",
             type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
             default="info",

@@ -70,10 +70,15 @@ class Failure(enum.Enum):
     """Why the server refused to open a tunnel, and the HTTP status for it."""
 
     BAD_TARGET = 400
+    BAD_REQUEST = 400  # an alias: same status, for malformed requests
     UNAUTHORIZED = 401
     FORBIDDEN = 403
     NOT_FOUND = 404
+    METHOD_NOT_ALLOWED = 405
+    URI_TOO_LONG = 414
     UPGRADE_REQUIRED = 426
+    HEADERS_TOO_LARGE = 431
+    HTTP_VERSION_NOT_SUPPORTED = 505
     TARGET_UNREACHABLE = 502
     UNAVAILABLE = 503
     TARGET_TIMEOUT = 504

@@ -9,9 +9,33 @@ import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-__all__ = ["configure_logging", "install_stop_signals", "run"]
+__all__ = ["RedactSecrets", "configure_logging", "install_stop_signals", "run"]
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+_SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie"})
+
+
+class RedactSecrets(logging.Filter):
+    """Hide query strings and credential headers in websockets' debug records.
+
+    At ``--log-level debug`` websockets logs request lines and headers; a
+    query string may hold a token a client wrongly put there, and the
+    Authorization header always does.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith("websockets") or not isinstance(record.args, tuple):
+            return True
+        args = list(record.args)
+        for i, arg in enumerate(args):
+            if isinstance(arg, str) and arg.startswith("/") and "?" in arg:
+                args[i] = arg.partition("?")[0] + "?<query hidden>"
+        if len(args) == 2 and str(args[0]).lower() in _SECRET_HEADERS:
+            args[1] = "<hidden>"
+        record.args = tuple(args)
+        return True
 
 
 def configure_logging(level: str, *, stream: Any = None) -> None:
@@ -19,6 +43,8 @@ def configure_logging(level: str, *, stream: Any = None) -> None:
     logging.basicConfig(
         level=level.upper(), format=LOG_FORMAT, stream=stream or sys.stderr, force=True
     )
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RedactSecrets())
     if logging.getLogger().level > logging.DEBUG:
         logging.getLogger("websockets").setLevel(logging.WARNING)
 

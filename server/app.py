@@ -41,16 +41,19 @@ from common.protocol import (
 from common.report import TunnelReport, format_peer, new_tunnel_id, relay_and_report
 from common.streams import (
     DEFAULT_READ_SIZE,
+    WS_MAX_SIZE,
     WS_OPTIONS,
     TcpStream,
     TunnelServerConnection,
     WebSocketStream,
-    open_tcp,
 )
 
+from .badinput import connection_class, handshake_problem, query_problem
 from .forwarded import FORWARDED_FOR_HEADER, REAL_IP_HEADER, TrustedProxies
+from .limits import ConnectionLimits, client_host
 from .metrics import ServerMetrics
 from .policy import Policy
+from .targets import Resolver, dial_first, resolve
 
 __all__ = ["ServerConfig", "TunnelServer", "run_server"]
 
@@ -77,6 +80,15 @@ class ServerConfig:
     tls: ssl.SSLContext | None = None
     # Where to serve /metrics (None: not served).
     metrics_listen: Target | None = None
+    #: Seconds open tunnels may go on after SIGTERM before they are closed (1001).
+    grace: float = 5.0
+    #: Tunnels at once, in total and per client address (``None``: unlimited).
+    max_connections: int | None = None
+    max_per_client: int | None = None
+    #: Seconds a client has to complete its opening handshake.
+    handshake_timeout: float = 10.0
+    #: Largest WebSocket message accepted (bigger ones close with 1009).
+    max_message_size: int = WS_MAX_SIZE
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "path", normalize_prefix(self.path))
@@ -85,12 +97,17 @@ class ServerConfig:
 class TunnelServer:
     """Accepts WebSocket upgrades and turns each into a relayed tunnel."""
 
-    def __init__(self, config: ServerConfig) -> None:
+    def __init__(self, config: ServerConfig, *, resolver: Resolver = resolve) -> None:
         self.config = config
+        # Turns a target's name into addresses for the policy to check.
+        self._resolve = resolver
         self._token = config.token.encode() if config.token else None
         self._server: Server | None = None
         self._metrics_server: Server | None = None
         self.metrics = ServerMetrics()
+        self.limits = ConnectionLimits(config.max_connections, config.max_per_client)
+        # Set on SIGTERM: new tunnels get 503, /healthz says 503, open ones go on.
+        self.draining = False
 
     # Handshake: every check, then the dial, before 101.
 
@@ -138,7 +155,7 @@ class TunnelServer:
         return None
 
     def _check(self, request: Request) -> Target | HandshakeRejection:
-        """Path, upgrade, token, target and policy, in that order."""
+        """Path, upgrade, query, token and target, in that order (the policy comes next)."""
         url = urlsplit(request.path)
         if not path_matches(url.path, self.config.path):
             return HandshakeRejection(Failure.NOT_FOUND, f"no tunnel endpoint at {url.path}")
@@ -146,22 +163,43 @@ class TunnelServer:
             return HandshakeRejection(
                 Failure.UPGRADE_REQUIRED, "this is a WebSocket tunnel endpoint; upgrade required"
             )
-        rejection = self._check_token(request.headers)
+        rejection = (
+            handshake_problem(request)
+            or query_problem(url.query, self._token)
+            or self._check_token(request.headers)
+        )
         if rejection is not None:
             return rejection
-        target = target_from_query(url.query, self.config.default_target)
-        if isinstance(target, HandshakeRejection):
-            return target
-        if self.config.policy.allowing_rule(target) is None:
+        return target_from_query(url.query, self.config.default_target)
+
+    async def _addresses(self, target: Target) -> Sequence[str] | HandshakeRejection:
+        """Resolve ``target`` and keep the addresses the policy allows (403 if none)."""
+        policy = self.config.policy
+        if not policy.may_allow(target):
             return HandshakeRejection(Failure.FORBIDDEN, f"target not allowed: {target}")
-        return target
+        try:
+            resolved = await self._resolve(target.host, target.port)
+        except OSError as exc:
+            return HandshakeRejection(
+                Failure.TARGET_UNREACHABLE,
+                f"target {target}: name does not resolve ({describe_os_error(exc)})",
+            )
+        decision = policy.decide(target, resolved)
+        if not decision.allowed:
+            return HandshakeRejection(Failure.FORBIDDEN, decision.reason)
+        return decision.addresses
 
     async def _dial(self, target: Target) -> TcpStream | HandshakeRejection:
+        """Resolve, check and dial ``target`` within the connect timeout."""
         timeout = self.config.connect_timeout
-        started = time.monotonic()
+        started: float | None = None
         try:
             async with asyncio.timeout(timeout):
-                return await open_tcp(target.host, target.port)
+                addresses = await self._addresses(target)
+                if isinstance(addresses, HandshakeRejection):
+                    return addresses
+                started = time.monotonic()
+                return await dial_first(addresses, target.port)
         except TimeoutError:
             return HandshakeRejection(
                 Failure.TARGET_TIMEOUT, f"target {target} did not answer within {timeout:g}s"
@@ -171,7 +209,8 @@ class TunnelServer:
                 Failure.TARGET_UNREACHABLE, f"target {target}: {describe_os_error(exc)}"
             )
         finally:
-            self.metrics.dial_seconds.observe(time.monotonic() - started)
+            if started is not None:  # a dial happened (policy refusals are not dials)
+                self.metrics.dial_seconds.observe(time.monotonic() - started)
 
     async def process_request(
         self, connection: ServerConnection, request: Request
@@ -180,10 +219,21 @@ class TunnelServer:
         connection.client_peer = self._client_peer(connection, request)
         url = urlsplit(request.path)
         if is_health_path(url.path, self.config.path) and "Upgrade" not in request.headers:
+            if self.draining:
+                return connection.respond(503, "draining\n")
             return connection.respond(200, "ok\n")
+        if self.draining:
+            return self._reject(
+                connection, HandshakeRejection(Failure.UNAVAILABLE, "server is shutting down")
+            )
         checked = self._check(request)
         if isinstance(checked, HandshakeRejection):
             return self._reject(connection, checked)
+        client = client_host(connection.client_peer)
+        refused = self.limits.acquire(client)
+        if refused is not None:
+            return self._reject(connection, refused)
+        connection.connection_lost_waiter.add_done_callback(lambda _: self.limits.release(client))
         dialled = await self._dial(checked)
         if isinstance(dialled, HandshakeRejection):
             return self._reject(connection, dialled)
@@ -229,10 +279,11 @@ class TunnelServer:
             cfg.listen.host,
             cfg.listen.port,
             process_request=self.process_request,
-            create_connection=TunnelServerConnection,
+            create_connection=connection_class(self._reject),
             select_subprotocol=_select_subprotocol,
             subprotocols=[Subprotocol(SUBPROTOCOL)],
-            **WS_OPTIONS,
+            **{**WS_OPTIONS, "max_size": cfg.max_message_size},
+            open_timeout=cfg.handshake_timeout,
             server_header=f"wstun/{__version__}",
             ssl=cfg.tls,
         )
@@ -248,11 +299,28 @@ class TunnelServer:
                 raise
         return addresses
 
+    async def drain(self, grace: float) -> None:
+        """Refuse new tunnels (503) but let open ones go on for up to ``grace`` seconds.
+
+        The listening socket stays open meanwhile, so new upgrades and
+        ``/healthz`` get a clear 503 rather than a refused connection. Then
+        :meth:`stop` closes whatever is still open with 1001.
+        """
+        self.draining = True
+        if self.limits.total:
+            logger.info("draining: %d tunnel(s) open, grace %gs", self.limits.total, grace)
+            try:
+                await asyncio.wait_for(self.limits.wait_empty(), grace)
+            except TimeoutError:
+                logger.info("grace period over: closing %d tunnel(s)", self.limits.total)
+        await self.stop()
+
     async def stop(self) -> None:
         """Stop listening and close open tunnels (1001: going away)."""
-        if self._metrics_server is not None:
-            self._metrics_server.close()
-            await self._metrics_server.wait_closed()
+        metrics_server, self._metrics_server = self._metrics_server, None
+        if metrics_server is not None:
+            metrics_server.close()
+            await metrics_server.wait_closed()
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
@@ -266,11 +334,12 @@ def _select_subprotocol(
 
 
 async def run_server(config: ServerConfig, stop: asyncio.Event) -> None:
-    """Serve until ``stop`` is set, then stop listening and end tunnels."""
+    """Serve until ``stop`` is set, drain for ``config.grace`` seconds, then end tunnels."""
     server = TunnelServer(config)
     await server.start()
     try:
         await stop.wait()
-    finally:
         logger.info("shutting down")
+        await server.drain(config.grace)
+    finally:
         await server.stop()

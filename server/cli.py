@@ -15,10 +15,11 @@ from common.errors import TargetError
 from common.options import ENV_PREFIX, LISTEN, TARGET, common_options, load_token, seconds_or_off
 from common.protocol import Target, normalize_prefix
 from common.runtime import configure_logging, install_stop_signals, run
+from common.streams import WS_MAX_SIZE
 
 from .app import ServerConfig, run_server
 from .forwarded import TrustedProxies
-from .policy import Policy
+from .policy import Policy, load_policy_file
 from .tls import server_tls_context
 
 __all__ = ["main"]
@@ -56,8 +57,21 @@ logger = logging.getLogger("wstun.server")
     "allow",
     multiple=True,
     metavar="PATTERN",
-    help="Target clients may reach: HOST:PORT, HOST:LOW-HIGH, HOST:*, *:* (repeatable). "
-    "Nothing is allowed unless allowed here or by --to.",
+    help="Target clients may reach: HOST:PORT, HOST:LOW-HIGH, HOST:*, *.SUFFIX:PORT, "
+    "CIDR:PORT ([fd00::/8]:* for IPv6), *:* (repeatable). "
+    "Nothing is allowed unless allowed here, by --policy-file or by --to.",
+)
+@click.option(
+    "--deny",
+    "deny",
+    multiple=True,
+    metavar="PATTERN",
+    help="Target clients may not reach, same syntax as --allow (repeatable); deny wins.",
+)
+@click.option(
+    "--policy-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help='TOML file with more rules: allow = ["db:5432", ...], deny = [...].',
 )
 @click.option(
     "--to",
@@ -96,6 +110,34 @@ logger = logging.getLogger("wstun.server")
     type=LISTEN,
     help="Serve Prometheus metrics at http://HOST:PORT/metrics (off unless given).",
 )
+@click.option(
+    "--max-connections",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Tunnels open at once, in total (0: unlimited); more get 503.",
+)
+@click.option(
+    "--max-per-client",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Tunnels open at once per client address (0: unlimited); more get 503.",
+)
+@click.option(
+    "--handshake-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=10.0,
+    show_default=True,
+    help="Seconds a client has to complete its WebSocket handshake.",
+)
+@click.option(
+    "--max-message-size",
+    type=click.IntRange(min=1024),
+    default=WS_MAX_SIZE,
+    show_default=True,
+    help="Largest WebSocket message accepted, in bytes (bigger: close 1009).",
+)
 @common_options
 @click.option("--check", is_flag=True, help="Validate the options, print the result and exit.")
 @click.version_option(__version__, prog_name="wstun-server")
@@ -103,16 +145,23 @@ def main(
     listen: Target,
     path_prefix: str,
     allow: tuple[str, ...],
+    deny: tuple[str, ...],
+    policy_file: Path | None,
     default_target: Target | None,
     connect_timeout: float,
     trusted_proxy: tuple[str, ...],
     tls_cert: Path | None,
     tls_key: Path | None,
     metrics_listen: Target | None,
+    max_connections: int,
+    max_per_client: int,
+    handshake_timeout: float,
+    max_message_size: int,
     token_file: Path | None,
     idle_timeout: float,
     ping_interval: float,
     ping_timeout: float,
+    grace: float,
     log_level: str,
     check: bool,
 ) -> None:
@@ -126,11 +175,7 @@ def main(
         path = normalize_prefix(path_prefix)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--path") from None
-    extra = (default_target,) if default_target else ()
-    try:
-        policy = Policy.from_patterns(allow, *extra)
-    except TargetError as exc:
-        raise click.BadParameter(str(exc), param_hint="--allow") from None
+    policy = _policy(allow, deny, policy_file, default_target)
     try:
         trusted = TrustedProxies(trusted_proxy)
     except ValueError as exc:
@@ -148,6 +193,11 @@ def main(
         trusted_proxies=trusted,
         tls=_tls_context(tls_cert, tls_key),
         metrics_listen=metrics_listen,
+        grace=grace,
+        max_connections=max_connections or None,
+        max_per_client=max_per_client or None,
+        handshake_timeout=handshake_timeout,
+        max_message_size=max_message_size,
     )
     if check:
         click.echo(describe(config))
@@ -171,14 +221,40 @@ def _tls_context(cert: Path | None, key: Path | None) -> ssl.SSLContext | None:
         ) from None
 
 
+def _policy(
+    allow: tuple[str, ...],
+    deny: tuple[str, ...],
+    policy_file: Path | None,
+    default_target: Target | None,
+) -> Policy:
+    """The command line's rules, then the policy file's; a bad rule is a usage error."""
+    extra = (default_target,) if default_target else ()
+    try:
+        policy = Policy.from_patterns(allow, *extra)
+    except TargetError as exc:
+        raise click.BadParameter(str(exc), param_hint="--allow") from None
+    try:
+        policy = policy.merged(Policy.from_patterns((), deny=deny))
+    except TargetError as exc:
+        raise click.BadParameter(str(exc), param_hint="--deny") from None
+    if policy_file is not None:
+        try:
+            policy = policy.merged(load_policy_file(policy_file))
+        except TargetError as exc:
+            raise click.BadParameter(str(exc), param_hint="--policy-file") from None
+    return policy
+
+
 def describe(config: ServerConfig) -> str:
     """A readable summary of a configuration (for --check)."""
-    rules = ", ".join(str(rule) for rule in config.policy.rules) or "(none)"
+    rules = ", ".join(str(rule) for rule in config.policy.allow) or "(none)"
+    denied = ", ".join(str(rule) for rule in config.policy.deny) or "(none)"
     return "\n".join(
         [
             f"listen: {config.listen}",
             f"path: {config.path}",
             f"allow: {rules}",
+            f"deny: {denied}",
             f"default target: {config.default_target or '(none)'}",
             f"token: {'set' if config.token else 'not set'}",
             f"connect timeout: {config.connect_timeout:g}s",
@@ -188,6 +264,11 @@ def describe(config: ServerConfig) -> str:
             f"trusted proxies: {config.trusted_proxies}",
             f"tls: {'on' if config.tls else 'off'}",
             f"metrics: {config.metrics_listen or 'off'}",
+            f"grace: {config.grace:g}s",
+            f"max connections: {config.max_connections or 'unlimited'}",
+            f"max per client: {config.max_per_client or 'unlimited'}",
+            f"handshake timeout: {config.handshake_timeout:g}s",
+            f"max message size: {config.max_message_size}",
         ]
     )
 

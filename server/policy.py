@@ -1,45 +1,140 @@
 """Which targets a server may dial. Nothing is allowed unless a rule allows it.
 
-Rule syntax (``--allow``): ``HOST:PORT``, ``HOST:LOW-HIGH``, ``HOST:*``, with
-``*`` as HOST matching any host (``*:*`` allows everything, for closed
-networks) and IPv6 hosts in brackets (``[::1]:22``). Host names compare
-case-insensitively; addresses compare by value (``[::1]`` = ``[0::1]``).
+Rule syntax (``--allow`` and ``--deny`` alike): ``HOST:PORTS`` where PORTS is
+``PORT``, ``LOW-HIGH`` or ``*``, and HOST is one of
+
+- ``*``: any host (``*:*`` allows everything, for closed networks);
+- a host name, compared case-insensitively (``db.internal``);
+- ``*.SUFFIX``: any name ending in ``.SUFFIX`` (``*.internal`` matches
+  ``db.internal`` and ``a.b.internal``, not ``internal`` itself);
+- an address, compared by value (``10.0.0.5``, ``[::1]``);
+- a network in CIDR notation (``10.0.0.0/8``, ``[fd00::/8]``).
+
+IPv6 addresses and networks go in brackets.
+
+The decision (:meth:`Policy.decide`) is a pure function of the rules, the
+target and the addresses the target's name resolved to (the server does the
+resolving, then dials exactly the addresses the decision returns):
+
+1. Name rules (host names, ``*.SUFFIX``) match the target's name; address
+   rules match each resolved address; ``*`` matches everything.
+2. An address is dialled when some allow rule matches it (by name or by
+   address) and no deny rule does. Deny wins.
+3. Link-local and cloud metadata addresses (``169.254.0.0/16``,
+   ``fe80::/10``, ``fd00:ec2::254``) are denied unless an allow *address*
+   rule names them: neither ``*`` nor a host name is enough, so no DNS name
+   can lead a tunnel there by accident.
+4. No address left: the target is refused (403), naming the deciding rule.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
 import ipaddress
+import tomllib
+from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 from common.errors import TargetError
-from common.protocol import Target, format_target, parse_port
+from common.protocol import Target, format_target, parse_port, parse_target
 
-__all__ = ["Policy", "Rule", "parse_rule"]
+__all__ = [
+    "BUILTIN_DENY",
+    "Decision",
+    "HostKind",
+    "Policy",
+    "Rule",
+    "load_policy_file",
+    "parse_rule",
+]
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class HostKind(enum.Enum):
+    """What the HOST part of a rule is."""
+
+    ANY = "any"  # ``*``
+    NAME = "name"  # ``db.internal``
+    SUFFIX = "suffix"  # ``*.internal``
+    NETWORK = "network"  # ``10.0.0.5``, ``10.0.0.0/8``, ``[fd00::/8]``
 
 
 @dataclasses.dataclass(frozen=True)
 class Rule:
-    """One ``--allow`` pattern: a host (or ``*``) and an inclusive port range."""
+    """One pattern: a host pattern and an inclusive port range.
 
+    ``host`` is the canonical name (lower case, no trailing dot) for NAME,
+    the suffix with its leading dot for SUFFIX; ``network`` is set for
+    NETWORK. ``text`` is the pattern as written, for messages.
+    """
+
+    kind: HostKind
     host: str
     low: int
     high: int
     text: str
+    network: IPNetwork | None = None
 
-    def matches(self, target: Target) -> bool:
-        if not self.low <= target.port <= self.high:
+    def matches_port(self, port: int) -> bool:
+        return self.low <= port <= self.high
+
+    def matches_name(self, name: str) -> bool:
+        """Whether this rule matches a target *name* (never true for address rules)."""
+        if self.kind is HostKind.ANY:
+            return True
+        canonical = _canonical_name(name)
+        if self.kind is HostKind.NAME:
+            return canonical == self.host
+        if self.kind is HostKind.SUFFIX:
+            return canonical.endswith(self.host) and len(canonical) > len(self.host)
+        return False
+
+    def matches_address(self, address: IPAddress) -> bool:
+        """Whether this rule matches an *address* (ANY and NETWORK rules only)."""
+        if self.kind is HostKind.ANY:
+            return True
+        if self.network is None or address.version != self.network.version:
             return False
-        return self.host == "*" or self.host == _canonical_host(target.host)
+        return address in self.network
 
     def __str__(self) -> str:
         return self.text
 
 
-def _canonical_host(host: str) -> str:
+@dataclasses.dataclass(frozen=True)
+class Decision:
+    """The outcome for one target: the addresses to dial, or why there are none.
+
+    ``rule`` is the allow rule that let the first address through when
+    ``addresses`` is non-empty, else the deny rule that dropped the last
+    candidate (``None`` when no allow rule matched at all).
+    """
+
+    addresses: tuple[str, ...]
+    rule: Rule | None
+    reason: str
+
+    @property
+    def allowed(self) -> bool:
+        return bool(self.addresses)
+
+
+def _canonical_name(host: str) -> str:
+    return host.lower().rstrip(".")
+
+
+def _address(text: str) -> IPAddress | None:
+    """The address ``text`` names (IPv4-mapped IPv6 unwrapped), or ``None``."""
     try:
-        return str(ipaddress.ip_address(host))
+        address = ipaddress.ip_address(text.split("%", 1)[0])
     except ValueError:
-        return host.lower().rstrip(".")
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
 
 
 def _parse_ports(text: str, rule: str) -> tuple[int, int]:
@@ -53,44 +148,170 @@ def _parse_ports(text: str, rule: str) -> tuple[int, int]:
     return low, high
 
 
-def parse_rule(text: str) -> Rule:
-    """Parse an ``--allow`` pattern; raises :class:`TargetError` naming the rule."""
+def _split_rule(text: str) -> tuple[str, str, bool]:
+    """``(host, ports, bracketed)`` of a rule, checking the bracket syntax."""
     if text.startswith("["):
         end = text.find("]")
         if end < 0 or text[end + 1 : end + 2] != ":":
-            raise TargetError(f"bad rule {text!r}: expected [IPv6]:PORT")
-        host, ports = text[1:end], text[end + 2 :]
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            raise TargetError(f"bad rule {text!r}: {host!r} is not an IPv6 address") from None
-    else:
-        host, sep, ports = text.rpartition(":")
-        if not sep or not host:
-            raise TargetError(f"bad rule {text!r}: expected HOST:PORT, HOST:* or *:*")
-        if ":" in host:
-            raise TargetError(f"bad rule {text!r}: IPv6 addresses need brackets, e.g. [::1]:22")
+            raise TargetError(f"bad rule {text!r}: expected [IPv6]:PORT or [IPv6/LEN]:PORT")
+        return text[1:end], text[end + 2 :], True
+    host, sep, ports = text.rpartition(":")
+    if not sep or not host:
+        raise TargetError(f"bad rule {text!r}: expected HOST:PORT, HOST:* or *:*")
+    if ":" in host:
+        raise TargetError(f"bad rule {text!r}: IPv6 addresses need brackets, e.g. [::1]:22")
+    return host, ports, False
+
+
+def _network(host: str, text: str, bracketed: bool) -> IPNetwork | None:
+    """The network an address or CIDR host part names, ``None`` for names."""
+    looks_v6 = bracketed
+    if not looks_v6 and not ("/" in host or _address(host) is not None):
+        return None
+    try:
+        network = ipaddress.ip_network(host, strict=True)
+    except ValueError as exc:
+        what = "an IPv6 address or network" if looks_v6 else "an address or network"
+        raise TargetError(f"bad rule {text!r}: {host!r} is not {what} ({exc})") from None
+    if bracketed and network.version != 6:
+        raise TargetError(f"bad rule {text!r}: brackets are for IPv6, got {host!r}")
+    return network
+
+
+def parse_rule(text: str) -> Rule:
+    """Parse an ``--allow``/``--deny`` pattern; raises :class:`TargetError` naming it."""
+    text = text.strip()
+    host, ports, bracketed = _split_rule(text)
     low, high = _parse_ports(ports, text)
-    canonical = host if host == "*" else _canonical_host(host)
-    return Rule(canonical, low, high, text)
+    if host == "*":
+        return Rule(HostKind.ANY, "*", low, high, text)
+    network = _network(host, text, bracketed)
+    if network is not None:
+        return Rule(HostKind.NETWORK, str(network), low, high, text, network)
+    kind, name = HostKind.NAME, host
+    if host.startswith("*."):
+        kind, name = HostKind.SUFFIX, host[2:]
+    try:
+        parse_target(f"{name}:1")
+    except TargetError:
+        raise TargetError(f"bad rule {text!r}: {host!r} is not a host name pattern") from None
+    canonical = _canonical_name(name)
+    return Rule(kind, "." + canonical if kind is HostKind.SUFFIX else canonical, low, high, text)
+
+
+#: Denied unless an allow rule names the address or network explicitly.
+BUILTIN_DENY: tuple[Rule, ...] = tuple(
+    dataclasses.replace(parse_rule(pattern), text=f"{pattern} (built-in: link-local/metadata)")
+    for pattern in ("169.254.0.0/16:*", "[fe80::/10]:*", "[fd00:ec2::254]:*")
+)
+
+
+def _first(rules: Iterable[Rule], name: str | None, address: IPAddress, port: int) -> Rule | None:
+    for rule in rules:
+        if not rule.matches_port(port):
+            continue
+        if rule.matches_address(address) or (name is not None and rule.matches_name(name)):
+            return rule
+    return None
 
 
 @dataclasses.dataclass(frozen=True)
 class Policy:
-    """The server's allow list."""
+    """The server's allow and deny lists."""
 
-    rules: tuple[Rule, ...] = ()
+    allow: tuple[Rule, ...] = ()
+    deny: tuple[Rule, ...] = ()
 
     @classmethod
-    def from_patterns(cls, patterns: list[str] | tuple[str, ...], *extra: Target) -> Policy:
-        """Rules from ``--allow`` patterns, plus exact rules for ``extra`` targets."""
-        rules = [parse_rule(p) for p in patterns]
-        rules += [parse_rule(format_target(t.host, t.port)) for t in extra]
-        return cls(tuple(rules))
+    def from_patterns(
+        cls, allow: Sequence[str], *extra: Target, deny: Sequence[str] = ()
+    ) -> Policy:
+        """Rules from patterns, plus exact allow rules for ``extra`` targets."""
+        allow_rules = [parse_rule(p) for p in allow]
+        allow_rules += [parse_rule(format_target(t.host, t.port)) for t in extra]
+        return cls(tuple(allow_rules), tuple(parse_rule(p) for p in deny))
 
-    def allowing_rule(self, target: Target) -> Rule | None:
-        """The first rule that allows ``target``, or ``None``."""
-        for rule in self.rules:
-            if rule.matches(target):
-                return rule
-        return None
+    def merged(self, other: Policy) -> Policy:
+        """This policy's rules followed by ``other``'s."""
+        return Policy(self.allow + other.allow, self.deny + other.deny)
+
+    @property
+    def rules(self) -> tuple[Rule, ...]:
+        """The allow rules (nothing is allowed without one)."""
+        return self.allow
+
+    def may_allow(self, target: Target) -> bool:
+        """Whether any address of ``target`` could be allowed; ``False`` saves a lookup."""
+        if _address(target.host) is not None:
+            return True
+        return any(
+            rule.matches_port(target.port)
+            and (rule.kind is HostKind.NETWORK or rule.matches_name(target.host))
+            for rule in self.allow
+        )
+
+    def _deny_rule(self, name: str | None, address: IPAddress, port: int) -> Rule | None:
+        rule = _first(self.deny, name, address, port)
+        if rule is not None:
+            return rule
+        builtin = _first(BUILTIN_DENY, None, address, port)
+        if builtin is None:
+            return None
+        explicit = any(
+            r.kind is HostKind.NETWORK and r.matches_port(port) and r.matches_address(address)
+            for r in self.allow
+        )
+        return None if explicit else builtin
+
+    def decide(self, target: Target, addresses: Sequence[str]) -> Decision:
+        """Which of ``addresses`` (what ``target`` resolved to) may be dialled.
+
+        For an address target, pass ``[target.host]``. Pure: no DNS here.
+        """
+        name = None if _address(target.host) is not None else target.host
+        allowed: list[str] = []
+        allowed_by: Rule | None = None
+        denied_by: Rule | None = None
+        for text in addresses:
+            address = _address(text)
+            if address is None:
+                continue
+            deny = self._deny_rule(name, address, target.port)
+            if deny is not None:
+                denied_by = deny
+                continue
+            allow = _first(self.allow, name, address, target.port)
+            if allow is not None:
+                allowed.append(text)
+                allowed_by = allowed_by or allow
+        if allowed:
+            return Decision(tuple(allowed), allowed_by, f"allowed by {allowed_by}")
+        if denied_by is not None:
+            return Decision((), denied_by, f"target not allowed: {target} (denied by {denied_by})")
+        return Decision((), None, f"target not allowed: {target}")
+
+
+def load_policy_file(path: Path) -> Policy:
+    """Rules from a TOML file: ``allow = ["db:5432", ...]`` and ``deny = [...]``.
+
+    Raises :class:`TargetError` naming the file and, for a bad rule, the rule.
+    """
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TargetError(f"can't read policy file {path}: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise TargetError(f"policy file {path} is not valid TOML: {exc}") from None
+    unknown = sorted(set(data) - {"allow", "deny"})
+    if unknown:
+        raise TargetError(f"policy file {path}: unknown key(s) {', '.join(unknown)}")
+    lists: dict[str, list[str]] = {}
+    for key in ("allow", "deny"):
+        value = data.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise TargetError(f"policy file {path}: {key!r} must be a list of strings")
+        lists[key] = value
+    try:
+        return Policy.from_patterns(lists["allow"], deny=lists["deny"])
+    except TargetError as exc:
+        raise TargetError(f"policy file {path}: {exc}") from None

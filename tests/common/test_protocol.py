@@ -149,11 +149,16 @@ def test_failure_statuses() -> None:
         "UNAUTHORIZED": 401,
         "FORBIDDEN": 403,
         "NOT_FOUND": 404,
+        "METHOD_NOT_ALLOWED": 405,
+        "URI_TOO_LONG": 414,
         "UPGRADE_REQUIRED": 426,
+        "HEADERS_TOO_LARGE": 431,
         "TARGET_UNREACHABLE": 502,
         "UNAVAILABLE": 503,
         "TARGET_TIMEOUT": 504,
+        "HTTP_VERSION_NOT_SUPPORTED": 505,
     }
+    assert Failure.BAD_REQUEST is Failure.BAD_TARGET  # same status, two names
 
 
 @pytest.mark.parametrize(

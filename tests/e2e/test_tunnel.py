@@ -217,7 +217,7 @@ async def test_same_failure_is_not_logged_for_every_connection(wstun: Wstun, tar
 
 
 async def test_sigterm_ends_both_cleanly(wstun: Wstun, target) -> None:
-    """SIGTERM: server and client stop listening, end open tunnels and exit 0."""
+    """SIGTERM with --grace 0: both stop listening, end open tunnels at once, exit 0."""
     arrived = asyncio.Event()
     target_saw: asyncio.Future[BaseException | bytes] = asyncio.get_running_loop().create_future()
 
@@ -231,7 +231,7 @@ async def test_sigterm_ends_both_cleanly(wstun: Wstun, target) -> None:
         writer.close()
 
     port = await target(handler)
-    server, client, local = await wstun.tunnel(port)
+    server, client, local = await wstun.tunnel(port, "--grace", "0", client_args=("--grace", "0"))
     reader, writer = await asyncio.open_connection("127.0.0.1", local)
     writer.write(b"x")
     await asyncio.wait_for(arrived.wait(), TIMEOUT)  # the tunnel is open end to end

@@ -68,6 +68,7 @@ def test_token_file(tmp_path: Path) -> None:
         (["--path", "tunnel"], "must start with '/'"),
         (["--connect-timeout", "0"], "--connect-timeout"),
         (["--ping-interval", "-1"], "--ping-interval"),
+        (["--deny", "10.0.0.1/8:*"], "bad rule '10.0.0.1/8:*'"),
     ],
 )
 def test_bad_options_are_clear_errors(args: list[str], message: str) -> None:
@@ -115,3 +116,19 @@ def test_bad_proxy_and_tls_options(tmp_path: Path, args: list[str], message: str
     result = CliRunner().invoke(main, ["--check", *args], env={})
     assert result.exit_code == 2
     assert message in result.output
+
+
+def test_deny_and_policy_file(tmp_path: Path) -> None:
+    """--deny and --policy-file rules show up in --check; a bad file rule names itself."""
+    policy = tmp_path / "policy.toml"
+    policy.write_text('allow = ["*.internal:443"]\ndeny = ["10.0.0.0/8:*"]\n')
+    code, out = run(
+        ["--check", "--allow", "db:5432", "--deny", "*:25", "--policy-file", str(policy)]
+    )
+    assert code == 0, out
+    assert "allow: db:5432, *.internal:443" in out
+    assert "deny: *:25, 10.0.0.0/8:*" in out
+    policy.write_text('allow = ["db:70000"]\n')
+    code, out = run(["--check", "--policy-file", str(policy)])
+    assert code == 2
+    assert "port in rule 'db:70000' must be between 1 and 65535" in out

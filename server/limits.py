@@ -1,0 +1,71 @@
+"""How many tunnels the server carries at once, in total and per client address.
+
+A slot is taken when a handshake passes its checks (before the target is
+dialled) and given back when that connection ends, whether it became a
+tunnel or not. Refusals are 503 with a reason naming the limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import ipaddress
+
+from common.protocol import Failure, HandshakeRejection
+
+__all__ = ["ConnectionLimits", "client_host"]
+
+
+def client_host(peer: str) -> str:
+    """The address part of a ``host:port`` / ``[v6]:port`` peer string (a bare
+    address, as a forwarded-for value may be, is returned as it is)."""
+    with contextlib.suppress(ValueError):
+        return str(ipaddress.ip_address(peer))
+    host, sep, port = peer.rpartition(":")
+    if not sep or not port.isdigit():
+        return peer
+    return host[1:-1] if host.startswith("[") and host.endswith("]") else host
+
+
+class ConnectionLimits:
+    """Counts open tunnels; ``None`` as a maximum means unlimited."""
+
+    def __init__(self, max_total: int | None = None, max_per_client: int | None = None) -> None:
+        self.max_total = max_total
+        self.max_per_client = max_per_client
+        # Slots held, in total and per client address (entries removed at zero).
+        self.total = 0
+        self.per_client: collections.Counter[str] = collections.Counter()
+        # Set whenever no slot is held.
+        self._empty = asyncio.Event()
+        self._empty.set()
+
+    def acquire(self, client: str) -> HandshakeRejection | None:
+        """Take a slot for ``client`` (an address), or say which limit is reached."""
+        if self.max_total is not None and self.total >= self.max_total:
+            return HandshakeRejection(
+                Failure.UNAVAILABLE, f"too many connections (server limit {self.max_total})"
+            )
+        if self.max_per_client is not None and self.per_client[client] >= self.max_per_client:
+            return HandshakeRejection(
+                Failure.UNAVAILABLE,
+                f"too many connections from {client} (limit {self.max_per_client} per client)",
+            )
+        self.total += 1
+        self.per_client[client] += 1
+        self._empty.clear()
+        return None
+
+    def release(self, client: str) -> None:
+        """Give back a slot taken by :meth:`acquire`."""
+        self.total -= 1
+        self.per_client[client] -= 1
+        if self.per_client[client] <= 0:
+            del self.per_client[client]
+        if self.total == 0:
+            self._empty.set()
+
+    async def wait_empty(self) -> None:
+        """Return once no slot is held."""
+        await self._empty.wait()
