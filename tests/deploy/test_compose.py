@@ -93,6 +93,10 @@ def test_topology_is_private_healthy_and_consistent(compose: dict[str, Any]) -> 
     rendered = render_template(TEMPLATE.read_text(), services["proxy"]["environment"])
     assert f"location {option['--path']}/ {{" in rendered
     assert f"server {services['proxy']['environment']['WSTUN_UPSTREAM']};" in rendered
+    # The engine's SIGKILL must not cut the server's drain short.
+    stop_after = services["server"]["stop_grace_period"]
+    assert stop_after.endswith("s")
+    assert float(stop_after[:-1]) > float(option["--grace"])
 
 
 def test_dockerfile_final_stage_is_small_and_unprivileged(compose: dict[str, Any]) -> None:
