@@ -161,6 +161,17 @@ def _check_url(ctx: click.Context, param: click.Parameter, value: str) -> str:
     "Default: HTTPS_PROXY (wss://) or HTTP_PROXY (ws://), honouring NO_PROXY.",
 )
 @click.option(
+    "--connect-to",
+    type=TARGET,
+    help="Dial HOST:PORT instead of the URL's host and port (directly, no proxy); the URL's "
+    "name is still sent as Host and checked in the certificate.",
+)
+@click.option(
+    "--tls-server-name",
+    metavar="NAME",
+    help="Name for SNI and the wss:// certificate check instead of the URL's host.",
+)
+@click.option(
     "--metrics-listen",
     type=LISTEN,
     help="Serve Prometheus metrics at http://HOST:PORT/metrics (off unless given).",
@@ -189,6 +200,8 @@ def main(
     insecure: bool,
     headers: tuple[tuple[str, str], ...],
     proxy: str | None,
+    connect_to: Target | None,
+    tls_server_name: str | None,
     metrics_listen: Target | None,
     max_tunnels: int,
     token_file: Path | None,
@@ -221,6 +234,10 @@ def main(
     if (cacert or insecure) and not secure:
         option = "--cacert" if cacert else "--insecure"
         raise click.BadParameter(f"{option} applies to wss:// URLs only", param_hint=option)
+    if tls_server_name is not None and not secure:
+        raise click.BadParameter("applies to wss:// URLs only", param_hint="--tls-server-name")
+    if connect_to is not None and proxy not in (None, "none"):
+        raise click.UsageError("--connect-to dials directly; it can't go with --proxy")
     if cacert and insecure:
         raise click.BadParameter("--cacert and --insecure contradict each other")
     if check:  # no warning for --insecure: nothing will connect
@@ -241,6 +258,8 @@ def main(
         proxy=True if proxy is None else None if proxy == "none" else proxy,
         tls=tls,
         metrics_listen=metrics_listen,
+        connect_to=connect_to,
+        tls_server_name=tls_server_name,
         grace=grace,
         max_tunnels=max_tunnels or None,
     )
@@ -258,7 +277,12 @@ def main(
             click.echo(f"tls verification: {verify}")
         for name, _ in headers:
             click.echo(f"header: {name}")
-        click.echo(f"proxy: {proxy or 'from the environment'}")
+        if connect_to is not None:
+            click.echo(f"connect to: {connect_to} (directly)")
+        else:
+            click.echo(f"proxy: {proxy or 'from the environment'}")
+        if tls_server_name is not None:
+            click.echo(f"tls server name: {tls_server_name}")
         click.echo(f"metrics: {metrics_listen or 'off'}")
         return
     if stdio_target is not None:

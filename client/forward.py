@@ -133,6 +133,11 @@ class ClientConfig:
     tls: ssl.SSLContext | None = None
     # Where to serve /metrics (None: not served).
     metrics_listen: Target | None = None
+    # TCP destination instead of the URL's host and port (--connect-to); the
+    # URL's name still goes in Host, SNI and the certificate check.
+    connect_to: Target | None = None
+    # Name for SNI and the certificate check instead of the URL's (--tls-server-name).
+    tls_server_name: str | None = None
     #: Seconds open tunnels may go on after SIGTERM before they are cut.
     grace: float = 5.0
     #: Tunnels open at once per -L listener (``None``: unlimited).
@@ -151,8 +156,17 @@ async def open_tunnel(config: ClientConfig, target: Target | None) -> WebSocketS
     if config.token:
         headers.append((AUTHORIZATION_HEADER, f"Bearer {config.token}"))
     tls: dict[str, Any] = {}
-    if config.tls is not None and url.startswith("wss:"):
-        tls["ssl"] = config.tls
+    if url.startswith("wss:"):
+        if config.tls is not None:
+            tls["ssl"] = config.tls
+        if config.tls_server_name is not None:
+            tls["server_hostname"] = config.tls_server_name
+    destination: dict[str, Any] = {}
+    proxy = config.proxy
+    if config.connect_to is not None:
+        # A fixed address is dialled directly: no proxy from the environment.
+        destination = {"host": config.connect_to.host, "port": config.connect_to.port}
+        proxy = None
     try:
         connection = await connect(
             url,
@@ -162,8 +176,9 @@ async def open_tunnel(config: ClientConfig, target: Target | None) -> WebSocketS
             **WS_OPTIONS,
             open_timeout=config.connect_timeout,
             user_agent_header=f"wstun/{__version__}",
-            proxy=config.proxy,
+            proxy=proxy,
             **tls,
+            **destination,
         )
     except InvalidStatus as exc:
         response = exc.response

@@ -43,6 +43,12 @@ def test_from_environment() -> None:
         (["-L", "5432:db", "ws://h/"], "HOST:HOSTPORT"),
         (["ws://h/"], "give at least one -L or -D, or -W"),
         (["-L", "1:a:1"], "Missing argument 'URL'"),
+        (["-L", "1:a:1", "--tls-server-name", "x", "ws://h/"], "wss:// URLs only"),
+        (["-L", "1:a:1", "--connect-to", "10.0.0.1", "wss://h/"], "HOST:PORT"),
+        (
+            ["-L", "1:a:1", "--connect-to", "10.0.0.1:443", "--proxy", "http://p:3128", "wss://h/"],
+            "can't go with --proxy",
+        ),
     ],
 )
 def test_bad_options_are_clear_errors(args: list[str], message: str) -> None:
@@ -89,3 +95,15 @@ def test_bad_mode_combinations(args: list[str], message: str) -> None:
     code, out = run(["--check", *args])
     assert code == 2
     assert message in out
+
+
+def test_connect_to_and_tls_server_name_listed() -> None:
+    """--connect-to replaces the proxy line; --tls-server-name is shown."""
+    code, out = run(
+        ["--check", "-L", "1:a:1", "--connect-to", "[::1]:8443", "--tls-server-name", "t.example",
+         "wss://t.example/tunnel"]
+    )  # fmt: skip
+    assert code == 0, out
+    assert "connect to: [::1]:8443 (directly)" in out
+    assert "proxy:" not in out
+    assert "tls server name: t.example" in out

@@ -132,3 +132,49 @@ async def test_insecure_connects_and_warns(wstun: Wstun, target, ca, tmp_path) -
     )
     assert client.matches(r"WARNING .*--insecure: the server's TLS certificate is NOT verified")
     assert await echo_through(local, b"hello") == b"hello"
+
+
+async def test_connect_to_keeps_the_url_name_for_tls(wstun: Wstun, target, ca, tmp_path) -> None:
+    """--connect-to dials an address while the URL's name is checked in the certificate."""
+    ca_file, chain, key = write_cert(ca, tmp_path, "tunnel.wstun.test")
+    port = await target(echo_target())
+    _, sport = await wstun.server(
+        "--allow", f"127.0.0.1:{port}", "--tls-cert", str(chain), "--tls-key", str(key)
+    )
+    url = f"wss://tunnel.wstun.test:{sport}/"
+    _, local = await wstun.client(
+        url, f"127.0.0.1:{port}", "--cacert", str(ca_file), "--connect-to", f"127.0.0.1:{sport}"
+    )
+    payload = os.urandom(100_000)
+    assert sha(await echo_through(local, payload)) == sha(payload)
+
+    # The same address with a name the certificate doesn't carry is refused.
+    wrong, wrong_local = await wstun.client(
+        f"wss://other.wstun.test:{sport}/", f"127.0.0.1:{port}",
+        "--cacert", str(ca_file), "--connect-to", f"127.0.0.1:{sport}",
+    )  # fmt: skip
+    await refused_locally(wrong_local)
+    await wrong.wait_for(r"failed: certificate verify failed")
+
+
+async def test_tls_server_name_overrides_the_checked_name(
+    wstun: Wstun, target, ca, tmp_path
+) -> None:
+    """--tls-server-name: SNI and the certificate check use it instead of the URL's host."""
+    ca_file, chain, key = write_cert(ca, tmp_path, "tunnel.wstun.test")
+    port = await target(echo_target())
+    _, sport = await wstun.server(
+        "--allow", f"127.0.0.1:{port}", "--tls-cert", str(chain), "--tls-key", str(key)
+    )
+    plain, plain_local = await wstun.client(
+        f"wss://127.0.0.1:{sport}/", f"127.0.0.1:{port}", "--cacert", str(ca_file)
+    )
+    await refused_locally(plain_local)
+    await plain.wait_for(r"failed: certificate verify failed")
+
+    _, local = await wstun.client(
+        f"wss://127.0.0.1:{sport}/", f"127.0.0.1:{port}",
+        "--cacert", str(ca_file), "--tls-server-name", "tunnel.wstun.test",
+    )  # fmt: skip
+    payload = os.urandom(100_000)
+    assert sha(await echo_through(local, payload)) == sha(payload)
