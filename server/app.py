@@ -66,6 +66,8 @@ class ServerConfig:
     ping_interval: float | None = 20.0
     ping_timeout: float | None = 20.0
     read_size: int = DEFAULT_READ_SIZE
+    #: Listen with SO_REUSEPORT, so --workers processes share the port.
+    reuse_port: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "path", normalize_prefix(self.path))
@@ -203,6 +205,7 @@ class TunnelServer:
             subprotocols=[Subprotocol(SUBPROTOCOL)],
             **WS_OPTIONS,
             server_header=f"wstun/{__version__}",
+            reuse_port=cfg.reuse_port or None,
         )
         addresses = [sock.getsockname()[:2] for sock in self._server.sockets]
         for host, port in addresses:

@@ -17,6 +17,7 @@ from common.runtime import configure_logging, install_stop_signals, run
 
 from .app import ServerConfig, run_server
 from .policy import Policy
+from .workers import run_workers
 
 __all__ = ["main"]
 
@@ -70,6 +71,14 @@ logger = logging.getLogger("wstun.server")
     show_default=True,
     help="Seconds to wait for the target to accept (504 after that).",
 )
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Server processes sharing the listening port (SO_REUSEPORT); "
+    "one per core uses the whole machine.",
+)
 @common_options
 @click.option("--check", is_flag=True, help="Validate the options, print the result and exit.")
 @click.version_option(__version__, prog_name="wstun-server")
@@ -79,6 +88,7 @@ def main(
     allow: tuple[str, ...],
     default_target: Target | None,
     connect_timeout: float,
+    workers: int,
     token_file: Path | None,
     idle_timeout: float,
     ping_interval: float,
@@ -114,11 +124,12 @@ def main(
     )
     if check:
         click.echo(describe(config))
+        click.echo(f"workers: {workers}")
         return
     configure_logging(log_level)
     if not policy.rules:
         logger.warning("no --allow rule and no --to: every tunnel will be refused with 403")
-    sys.exit(run(lambda: _serve(config)))
+    sys.exit(run_workers(config, workers, lambda cfg: run(lambda: _serve(cfg))))
 
 
 def describe(config: ServerConfig) -> str:
