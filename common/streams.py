@@ -21,6 +21,7 @@ import abc
 import asyncio
 import collections
 import contextlib
+import secrets
 import socket
 import struct
 import types
@@ -31,7 +32,12 @@ from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.connection import Connection
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
-from websockets.protocol import State
+from websockets.protocol import Side, State
+
+try:
+    from websockets.speedups import apply_mask
+except ImportError:  # pragma: no cover - websockets built without its C extension
+    from websockets.utils import apply_mask
 
 from .errors import StreamBroken, StreamClosed, describe_os_error
 from .protocol import CLEAN_CLOSE_CODES, EOF_MARKER, CloseCode, Target
@@ -51,8 +57,9 @@ __all__ = [
     "tcp_protocol_factory",
 ]
 
-#: Bytes asked for per read by the relay. One read becomes one message.
-DEFAULT_READ_SIZE = 64 * 1024
+#: Bytes asked for per read by the relay. One read becomes one message. As
+#: large as the chunks uvloop hands over (256 KiB), so a chunk is never cut.
+DEFAULT_READ_SIZE = 256 * 1024
 
 #: Largest WebSocket message accepted. Our peers send at most one read.
 WS_MAX_SIZE = 1024 * 1024
@@ -60,8 +67,9 @@ WS_MAX_SIZE = 1024 * 1024
 #: Frames queued before websockets stops reading the socket (backpressure).
 WS_MAX_QUEUE = 8
 
-#: Outgoing bytes buffered before ``write()`` waits for the transport.
-WS_WRITE_LIMIT = 64 * 1024
+#: Outgoing bytes buffered before ``write()`` waits for the transport. At
+#: least one message, so a bulk transfer doesn't wait for a drain per message.
+WS_WRITE_LIMIT = 256 * 1024
 
 #: Options every wstun WebSocket is opened with, by ``serve`` and ``connect``
 #: alike. websockets' keepalive is off: WebSocketStream runs its own, which
@@ -78,7 +86,7 @@ WS_OPTIONS: Mapping[str, Any] = types.MappingProxyType(
 )
 
 # Bytes a TcpStream buffers from the socket before it pauses reading.
-_TCP_READ_HIGH_WATER = 256 * 1024
+_TCP_READ_HIGH_WATER = 512 * 1024
 
 # How long close() waits for buffered output to flush before aborting.
 _CLOSE_TIMEOUT = 10.0
@@ -424,6 +432,20 @@ class TunnelClientConnection(_LivenessMixin, ClientConnection):
         super().data_received(data)
 
 
+_HEADER_SHORT = struct.Struct("!BB")
+_HEADER_16 = struct.Struct("!BBH")
+_HEADER_64 = struct.Struct("!BBQ")
+
+
+def _frame_header(length: int, mask_bit: int) -> bytes:
+    """FIN + binary opcode, the mask bit and the payload length (RFC 6455 5.2)."""
+    if length < 126:
+        return _HEADER_SHORT.pack(0x82, mask_bit | length)
+    if length < 65536:
+        return _HEADER_16.pack(0x82, mask_bit | 126, length)
+    return _HEADER_64.pack(0x82, mask_bit | 127, length)
+
+
 def _connection_closed(connection: Connection) -> bool:
     # A function, not an inline test: the state changes while we await.
     return connection.state is State.CLOSED
@@ -523,11 +545,60 @@ class WebSocketStream(ByteStream):
 
     async def write(self, data: bytes) -> int:
         _check_writable(data, closed=self._closed, eof_sent=self._eof_sent)
+        if self._can_write_directly():
+            self._write_frame(data)
+            if self._ws.paused:
+                await self._drain()
+            return len(data)
         try:
             await self._ws.send(data)
         except ConnectionClosed as exc:
             raise self._broken(exc) from exc
         return len(data)
+
+    def _can_write_directly(self) -> bool:
+        """True when a binary frame may go straight to the transport.
+
+        That is when websockets itself would only serialize it and write it:
+        the connection is open, nothing of its own is waiting to be written
+        (so frames stay in order) and no extension transforms frames.
+        """
+        protocol = self._ws.protocol
+        return (
+            protocol.state is State.OPEN
+            and not protocol.writes
+            and not protocol.expect_continuation_frame
+            and not protocol.extensions
+            and self._ws.send_in_progress is None
+        )
+
+    def _write_frame(self, data: bytes) -> None:
+        """One unfragmented binary frame, header and payload in one vectored write.
+
+        This is what websockets' send() does, minus its serialization into
+        an intermediate buffer: the payload is not copied (servers) or copied
+        once by the mask (clients, RFC 6455 section 5.3).
+        """
+        ws = self._ws
+        if ws.protocol.side is Side.CLIENT:
+            mask = secrets.token_bytes(4)
+            ws.transport.writelines((_frame_header(len(data), 0x80), mask, apply_mask(data, mask)))
+        else:
+            ws.transport.writelines((_frame_header(len(data), 0), data))
+
+    async def _drain(self) -> None:
+        """Wait for the transport to drain; a lost connection is StreamBroken."""
+        ws = self._ws
+        try:
+            await ws.drain()
+        except Exception as exc:
+            # The connection is going away: report it as send() would.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    asyncio.shield(ws.connection_lost_waiter), _ABORT_CLOSE_TIMEOUT
+                )
+            ws.transport.abort()
+            raise StreamBroken(self._dead_reason or _describe_close(ws.close_exc)) from exc
 
     async def write_eof(self) -> None:
         if self._eof_sent or self._closed:
