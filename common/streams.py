@@ -25,14 +25,15 @@ import secrets
 import socket
 import struct
 import types
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Generator, Mapping
 from typing import Any, cast
 
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.connection import Connection
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
-from websockets.protocol import Side, State
+from websockets.protocol import Protocol, Side, State
+from websockets.streams import StreamReader
 
 try:
     from websockets.speedups import apply_mask
@@ -364,6 +365,132 @@ class TcpStream(ByteStream):
 # --------------------------------------------------------------- WebSocket
 
 
+class _ChunkReader(StreamReader):
+    """websockets' StreamReader, keeping received chunks instead of one buffer.
+
+    The stock reader appends every chunk to a bytearray, slices each frame out
+    of it and deletes the slice: three copies of every payload byte, a third
+    of a receiving tunnel's CPU time in profiles. This one keeps the chunks as
+    uvloop delivered them and copies a frame's bytes once, when it is taken
+    (none when a frame is exactly a chunk). Same generator-based interface,
+    same errors; the HTTP handshake methods simply merge the chunks first.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._chunks: collections.deque[bytes] = collections.deque()
+        # Bytes of _chunks[0] already consumed, and unread bytes in total.
+        self._offset = 0
+        self._size = 0
+
+    def _merge(self) -> bytes:
+        """All unread bytes as one chunk (handshake only: it copies)."""
+        if not self._chunks:
+            return b""
+        if len(self._chunks) > 1 or self._offset:
+            merged = b"".join(
+                [memoryview(self._chunks[0])[self._offset :], *list(self._chunks)[1:]]
+            )
+            self._chunks.clear()
+            if merged:
+                self._chunks.append(merged)
+            self._offset = 0
+        return self._chunks[0]
+
+    def _take(self, n: int) -> bytes:
+        """Remove and return the next ``n`` unread bytes (``n <= self._size``)."""
+        self._size -= n
+        first = self._chunks[0]
+        start = self._offset
+        if start + n <= len(first):
+            if start == 0 and n == len(first):
+                self._chunks.popleft()
+                return first
+            self._offset = start + n
+            if self._offset == len(first):
+                self._chunks.popleft()
+                self._offset = 0
+            return first[start : start + n]
+        parts: list[memoryview] = []
+        while n:
+            chunk = self._chunks[0]
+            piece = memoryview(chunk)[self._offset : self._offset + n]
+            parts.append(piece)
+            n -= len(piece)
+            if self._offset + len(piece) == len(chunk):
+                self._chunks.popleft()
+                self._offset = 0
+            else:
+                self._offset += len(piece)
+        return b"".join(parts)
+
+    def read_line(  # type: ignore[override]
+        self, m: int, too_long_exc_type: type[Exception] = RuntimeError
+    ) -> Generator[None, None, bytes]:
+        p = 0
+        while True:
+            n = self._merge().find(b"\n", p) + 1
+            if n > 0:
+                break
+            p = self._size
+            if p > m:
+                raise too_long_exc_type(f"read {p} bytes, expected no more than {m} bytes")
+            if self.eof:
+                raise EOFError(f"stream ends after {p} bytes, before end of line")
+            yield
+        if n > m:
+            raise too_long_exc_type(f"read {n} bytes, expected no more than {m} bytes")
+        return self._take(n)
+
+    def read_exact(self, n: int) -> Generator[None, None, bytes]:  # type: ignore[override]
+        assert n >= 0
+        while self._size < n:
+            if self.eof:
+                raise EOFError(f"stream ends after {self._size} bytes, expected {n} bytes")
+            yield
+        return self._take(n) if n else b""
+
+    def read_to_eof(  # type: ignore[override]
+        self, m: int, too_long_exc_type: type[Exception] = RuntimeError
+    ) -> Generator[None, None, bytes]:
+        while not self.eof:
+            if self._size > m:
+                raise too_long_exc_type(f"read {self._size} bytes, expected no more than {m} bytes")
+            yield
+        return self._take(self._size) if self._size else b""
+
+    def at_eof(self) -> Generator[None, None, bool]:
+        while True:
+            if self._size:
+                return False
+            if self.eof:
+                return True
+            yield
+
+    def feed_data(self, data: bytes | bytearray) -> None:
+        if self.eof:
+            raise EOFError("stream ended")
+        if data:
+            self._chunks.append(bytes(data))
+            self._size += len(data)
+
+    def discard(self) -> None:
+        self._chunks.clear()
+        self._offset = self._size = 0
+
+
+def _use_chunk_reader(protocol: Protocol) -> None:
+    """Give a fresh websockets protocol the chunk reader, before any byte arrives.
+
+    The parser generator was started on the stock reader; it has consumed
+    nothing yet, so it is simply started again on the new one.
+    """
+    if type(protocol.reader) is StreamReader and not protocol.reader.buffer:
+        protocol.reader = _ChunkReader()
+        protocol.parser = protocol.parse()
+        next(protocol.parser)
+
+
 class _LivenessMixin:
     """Timestamps every byte received, so any frame counts as proof of life."""
 
@@ -402,6 +529,7 @@ class TunnelServerConnection(_LivenessMixin, ServerConnection):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        _use_chunk_reader(self.protocol)
         self._init_liveness()
         self.target_stream: TcpStream | None = None
         # The target that target_stream is connected to.
@@ -425,6 +553,7 @@ class TunnelClientConnection(_LivenessMixin, ClientConnection):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        _use_chunk_reader(self.protocol)
         self._init_liveness()
 
     def data_received(self, data: bytes) -> None:
