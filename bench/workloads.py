@@ -50,7 +50,7 @@ class Sizes:
     #: When set, iperf3 moves this many bytes instead of running for a time.
     iperf_bytes: int | None = None
     redis_requests_1: int = 20_000
-    redis_requests_50: int = 100_000
+    redis_requests_50: int = 50_000
     churn_seconds: int = 3
     churn_connections: int = 10
     bulk_bytes: int = 8 * 1024 * 1024

@@ -620,9 +620,12 @@ class WebSocketStream(ByteStream):
         # Why the keepalive gave up on the peer, for the read/write error.
         self._dead_reason: str | None = None
         self.keepalive_task: asyncio.Task[None] | None = None
+        # The first ping is a timer that starts keepalive_task when it fires:
+        # most tunnels end before it, and a timer costs less than a task.
+        self._keepalive_timer: asyncio.TimerHandle | None = None
         if ping_interval:
-            self.keepalive_task = asyncio.get_running_loop().create_task(
-                self._keepalive(ping_interval, ping_timeout or None)
+            self._keepalive_timer = asyncio.get_running_loop().call_later(
+                ping_interval, self._start_keepalive, ping_interval, ping_timeout or None
             )
 
     @property
@@ -769,18 +772,32 @@ class WebSocketStream(ByteStream):
         finally:
             self._ws.transport.abort()
 
+    def _start_keepalive(self, interval: float, timeout: float | None) -> None:
+        self._keepalive_timer = None
+        if not self._closed:
+            self.keepalive_task = asyncio.get_running_loop().create_task(
+                self._keepalive(interval, timeout)
+            )
+
     def _stop_keepalive(self) -> None:
+        if self._keepalive_timer is not None:
+            self._keepalive_timer.cancel()
+            self._keepalive_timer = None
         task = self.keepalive_task
         if task is not None and task is not asyncio.current_task():
             task.cancel()
         self.keepalive_task = None
 
     async def _keepalive(self, interval: float, timeout: float | None) -> None:
+        """Ping now, judge the answer, then every ``interval`` seconds again."""
         ws = self._ws
         loop = asyncio.get_running_loop()
+        waited = True  # the timer that started this task waited the first interval
         try:
             while not _connection_closed(ws):
-                await asyncio.sleep(interval)
+                if not waited:
+                    await asyncio.sleep(interval)
+                waited = False
                 sent_at = loop.time()
                 # A ping stuck behind a full send buffer is judged below by
                 # what we receive, not by whether it went out.
