@@ -92,17 +92,21 @@ async def _write_all(t: Transfer, chunk: bytes, activity: _Activity) -> None:
             n = await t.dst.write(chunk)
         except _EXPECTED as exc:
             raise _DirectionFailed(t.dst_name, "write", exc) from exc
-        # Invariant: a writer never reports more than it was given. A writer
-        # counting its own framing would otherwise corrupt every count.
-        if n > len(chunk):
-            bug = AssertionError(f"writer returned length larger than input: {n} > {len(chunk)}")
-            raise _DirectionFailed(t.dst_name, "write", bug)
-        if n <= 0:
-            zero = StreamBroken(f"writer accepted {n} bytes of {len(chunk)}")
-            raise _DirectionFailed(t.dst_name, "write", zero)
+        _check_count(t, n, len(chunk))
         t.count += n
         activity.touch()
         chunk = chunk[n:]
+
+
+def _check_count(t: Transfer, n: int, given: int) -> None:
+    # Invariant: a writer never reports more than it was given. A writer
+    # counting its own framing would otherwise corrupt every count.
+    if n > given:
+        bug = AssertionError(f"writer returned length larger than input: {n} > {given}")
+        raise _DirectionFailed(t.dst_name, "write", bug)
+    if n <= 0:
+        zero = StreamBroken(f"writer accepted {n} bytes of {given}")
+        raise _DirectionFailed(t.dst_name, "write", zero)
 
 
 async def _run(t: Transfer, read_size: int, activity: _Activity) -> None:
@@ -116,27 +120,35 @@ async def _run(t: Transfer, read_size: int, activity: _Activity) -> None:
 
 
 async def _copy(t: Transfer, read_size: int, activity: _Activity) -> None:
-    while True:
-        if t.state is TransferState.RUNNING:
-            try:
-                chunk = await t.src.read(read_size)
-            except _EXPECTED as exc:
-                raise _DirectionFailed(t.src_name, "read", exc) from exc
-            if not chunk:
-                t.state = TransferState.SHUTTING_DOWN
-                continue
-            activity.touch()
-            await _write_all(t, chunk, activity)
-        elif t.state is TransferState.SHUTTING_DOWN:
-            if activity.failed:
-                return  # the relay is about to abort both streams
-            try:
-                await t.dst.write_eof()
-            except _EXPECTED as exc:
-                raise _DirectionFailed(t.dst_name, "write_eof", exc) from exc
-            t.state = TransferState.DONE
-        else:
-            return
+    # The RUNNING state is the hot path: one read, one write, no other call
+    # when the destination takes the whole chunk, which it normally does.
+    src, dst = t.src, t.dst
+    while t.state is TransferState.RUNNING:
+        try:
+            chunk = await src.read(read_size)
+        except _EXPECTED as exc:
+            raise _DirectionFailed(t.src_name, "read", exc) from exc
+        if not chunk:
+            t.state = TransferState.SHUTTING_DOWN
+            break
+        activity.touch()
+        try:
+            n = await dst.write(chunk)
+        except _EXPECTED as exc:
+            raise _DirectionFailed(t.dst_name, "write", exc) from exc
+        _check_count(t, n, len(chunk))
+        t.count += n
+        activity.touch()
+        if n < len(chunk):
+            await _write_all(t, chunk[n:], activity)
+    if t.state is TransferState.SHUTTING_DOWN:
+        if activity.failed:
+            return  # the relay is about to abort both streams
+        try:
+            await t.dst.write_eof()
+        except _EXPECTED as exc:
+            raise _DirectionFailed(t.dst_name, "write_eof", exc) from exc
+        t.state = TransferState.DONE
 
 
 async def _abort_both(a: ByteStream, b: ByteStream, reason: str) -> None:

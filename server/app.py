@@ -89,6 +89,8 @@ class ServerConfig:
     handshake_timeout: float = 10.0
     #: Largest WebSocket message accepted (bigger ones close with 1009).
     max_message_size: int = WS_MAX_SIZE
+    #: Listen with SO_REUSEPORT, so --workers processes share the port.
+    reuse_port: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "path", normalize_prefix(self.path))
@@ -286,6 +288,7 @@ class TunnelServer:
             open_timeout=cfg.handshake_timeout,
             server_header=f"wstun/{__version__}",
             ssl=cfg.tls,
+            reuse_port=cfg.reuse_port or None,
         )
         addresses = [sock.getsockname()[:2] for sock in self._server.sockets]
         tls = " tls=on" if cfg.tls else ""

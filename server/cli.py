@@ -21,6 +21,7 @@ from .app import ServerConfig, run_server
 from .forwarded import TrustedProxies
 from .policy import Policy, load_policy_file
 from .tls import server_tls_context
+from .workers import run_workers
 
 __all__ = ["main"]
 
@@ -138,6 +139,14 @@ logger = logging.getLogger("wstun.server")
     show_default=True,
     help="Largest WebSocket message accepted, in bytes (bigger: close 1009).",
 )
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Server processes sharing the listening port (SO_REUSEPORT); "
+    "one per core uses the whole machine.",
+)
 @common_options
 @click.option("--check", is_flag=True, help="Validate the options, print the result and exit.")
 @click.version_option(__version__, prog_name="wstun-server")
@@ -157,6 +166,7 @@ def main(
     max_per_client: int,
     handshake_timeout: float,
     max_message_size: int,
+    workers: int,
     token_file: Path | None,
     idle_timeout: float,
     ping_interval: float,
@@ -176,6 +186,12 @@ def main(
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--path") from None
     policy = _policy(allow, deny, policy_file, default_target)
+    if workers > 1 and metrics_listen is not None:
+        # Each worker counts only its own tunnels, and only one could bind the port.
+        raise click.UsageError(
+            "--metrics-listen works with one worker only: each worker would count only "
+            "its own tunnels"
+        )
     try:
         trusted = TrustedProxies(trusted_proxy)
     except ValueError as exc:
@@ -201,11 +217,12 @@ def main(
     )
     if check:
         click.echo(describe(config))
+        click.echo(f"workers: {workers}")
         return
     configure_logging(log_level)
     if not policy.rules:
         logger.warning("no --allow rule and no --to: every tunnel will be refused with 403")
-    sys.exit(run(lambda: _serve(config)))
+    sys.exit(run_workers(config, workers, lambda cfg: run(lambda: _serve(cfg))))
 
 
 def _tls_context(cert: Path | None, key: Path | None) -> ssl.SSLContext | None:

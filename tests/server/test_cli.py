@@ -132,3 +132,10 @@ def test_deny_and_policy_file(tmp_path: Path) -> None:
     code, out = run(["--check", "--policy-file", str(policy)])
     assert code == 2
     assert "port in rule 'db:70000' must be between 1 and 65535" in out
+
+
+def test_metrics_need_a_single_worker() -> None:
+    """--metrics-listen with --workers 2 is refused: no worker sees every tunnel."""
+    code, out = run(["--check", "--workers", "2", "--metrics-listen", "127.0.0.1:9100"])
+    assert code == 2
+    assert "--metrics-listen works with one worker only" in out

@@ -1,0 +1,1 @@
+"""Benchmark suite: wstun against direct TCP, socat, websocat and websockify."""

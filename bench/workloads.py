@@ -1,0 +1,343 @@
+"""The targets the tunnels lead to, and the workloads run through them.
+
+Every workload returns a flat dict of figures plus ``ok`` (the workload moved
+its bytes correctly: no tool error, every request answered, every echo
+byte-exact) and ``detail`` (why not, when it didn't).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import hashlib
+import io
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from .procs import Proc, cpu_seconds, free_port, rss_kib, wait_listening
+from .tunnels import RunningTunnel, find_tool
+
+__all__ = [
+    "Sizes",
+    "Targets",
+    "bulk_echo",
+    "churn",
+    "iperf",
+    "redis_ping",
+    "scale",
+]
+
+Result = dict[str, Any]
+GIB = 1024**3
+BENCH_DIR = Path(__file__).resolve().parent
+
+
+@dataclasses.dataclass(frozen=True)
+class Sizes:
+    """How much each workload does; the profiles in run.py pick these."""
+
+    iperf_seconds: float = 3.0
+    #: When set, iperf3 moves this many bytes instead of running for a time.
+    iperf_bytes: int | None = None
+    redis_requests_1: int = 20_000
+    redis_requests_50: int = 50_000
+    churn_seconds: int = 3
+    churn_connections: int = 10
+    bulk_bytes: int = 8 * 1024 * 1024
+    scale_counts: tuple[int, ...] = (1000, 10_000)
+
+
+class Targets:
+    """The servers the tunnels lead to: iperf3, redis, nginx, echo. Started once."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self._procs: dict[str, Proc] = {}
+        self.ports: dict[str, int] = {}
+
+    def port(self, name: str) -> int:
+        proc = self._procs.get(name)
+        if proc is None or proc.popen.poll() is not None:
+            getattr(self, f"_start_{name}")()
+        return self.ports[name]
+
+    def _start_iperf3(self) -> None:
+        port = free_port()
+        proc = Proc(
+            "iperf3-server",
+            [find_tool("iperf3"), "-s", "-B", "127.0.0.1", "-p", str(port)],
+            self.workdir,
+        )
+        wait_listening_quiet(port, proc)
+        self._procs["iperf3"], self.ports["iperf3"] = proc, port
+
+    def _start_redis(self) -> None:
+        port = free_port()
+        argv = [find_tool("redis-server"), "--bind", "127.0.0.1", "--port", str(port)]
+        argv += ["--save", "", "--appendonly", "no", "--maxclients", "10000"]
+        argv += ["--dir", str(self.workdir), "--protected-mode", "no"]
+        proc = Proc("redis-server", argv, self.workdir)
+        wait_listening(port, proc=proc)
+        self._procs["redis"], self.ports["redis"] = proc, port
+
+    def _start_nginx(self) -> None:
+        port = free_port()
+        root = self.workdir / "nginx"
+        (root / "www").mkdir(parents=True, exist_ok=True)
+        (root / "www" / "small.txt").write_bytes(b"x" * 612)
+        conf = root / "nginx.conf"
+        conf.write_text(_NGINX_CONF.format(root=root, port=port))
+        proc = Proc(
+            "nginx", [find_tool("nginx"), "-p", str(root), "-c", str(conf), "-e", "stderr"], root
+        )
+        wait_listening(port, proc=proc)
+        self._procs["nginx"], self.ports["nginx"] = proc, port
+
+    def _start_echo(self) -> None:
+        proc = Proc(
+            "echo",
+            [sys.executable, str(BENCH_DIR / "scale.py"), "echo"],
+            self.workdir,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        assert proc.popen.stdout is not None
+        port = int(proc.popen.stdout.readline())
+        self._procs["echo"], self.ports["echo"] = proc, port
+
+    def restart(self, name: str) -> None:
+        """Stop one target so the next ``port(name)`` starts it afresh."""
+        proc = self._procs.pop(name, None)
+        if proc is not None:
+            _stop_target(proc)
+
+    def stop(self) -> None:
+        for name in list(self._procs):
+            self.restart(name)
+
+
+def _stop_target(proc: Proc) -> None:
+    if proc.popen.stdin is not None:
+        with contextlib.suppress(OSError):
+            proc.popen.stdin.close()
+    proc.stop()
+
+
+def wait_listening_quiet(port: int, proc: Proc) -> None:
+    """Wait for a port without connecting to it (iperf3 logs every connection)."""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        with open("/proc/net/tcp") as table:
+            hex_port = f":{port:04X} "
+            if any(hex_port in line and " 0A " in line for line in table):
+                return
+        if proc.popen.poll() is not None:
+            raise RuntimeError(f"{proc.name} exited:\n{proc.output()}")
+        time.sleep(0.02)
+    raise TimeoutError(f"{proc.name} does not listen on {port}")
+
+
+_NGINX_CONF = """\
+daemon off;
+master_process off;
+worker_processes 1;
+pid {root}/nginx.pid;
+error_log stderr warn;
+worker_rlimit_nofile 20000;
+events {{ worker_connections 8192; }}
+http {{
+    access_log off;
+    client_body_temp_path {root}/body;
+    proxy_temp_path {root}/proxy;
+    fastcgi_temp_path {root}/fastcgi;
+    uwsgi_temp_path {root}/uwsgi;
+    scgi_temp_path {root}/scgi;
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        root {root}/www;
+    }}
+}}
+"""
+
+
+def _run(argv: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        argv, capture_output=True, text=True, timeout=timeout, check=False, stdin=subprocess.DEVNULL
+    )
+
+
+def _failed(detail: str, **figures: Any) -> Result:
+    return {"ok": False, "detail": detail[-600:], **figures}
+
+
+# ------------------------------------------------------------------ iperf3
+
+
+def iperf(tunnel: RunningTunnel, sizes: Sizes, *, reverse: bool, streams: int) -> Result:
+    """iperf3 through the tunnel: Gbit/s received and the tunnel's CPU s per GiB."""
+    argv = [find_tool("iperf3"), "-c", "127.0.0.1", "-p", str(tunnel.port), "-J"]
+    if sizes.iperf_bytes is not None:
+        argv += ["-n", str(sizes.iperf_bytes)]
+    else:
+        argv += ["-t", str(sizes.iperf_seconds)]
+    argv += ["-P", str(streams)] + (["-R"] if reverse else [])
+    cpu_before = cpu_seconds(tunnel.pids)
+    done = _run(argv, timeout=sizes.iperf_seconds + 60)
+    cpu = cpu_seconds(tunnel.pids) - cpu_before
+    try:
+        report = json.loads(done.stdout)
+    except json.JSONDecodeError:
+        return _failed(f"iperf3 exit {done.returncode}: {done.stdout}{done.stderr}")
+    if "error" in report or done.returncode != 0:
+        return _failed(f"iperf3: {report.get('error', done.stderr)}")
+    received = report["end"]["sum_received"]
+    sent = report["end"]["sum_sent"]
+    moved = int(received["bytes"])
+    figures: Result = {
+        "gbps": received["bits_per_second"] / 1e9,
+        "bytes": moved,
+        "cpu_s_per_gib": cpu / (moved / GIB) if tunnel.pids and moved else None,
+    }
+    if moved <= 0 or moved > int(sent["bytes"]):
+        return _failed(f"iperf3 received {moved} of {sent['bytes']} bytes sent", **figures)
+    return {"ok": True, "detail": "", **figures}
+
+
+# ------------------------------------------------------------------- redis
+
+
+def redis_ping(tunnel: RunningTunnel, requests: int, clients: int) -> Result:
+    """redis-benchmark -t ping (the PING_MBULK row): requests/s, p50 and p99 in ms."""
+    argv = [find_tool("redis-benchmark"), "-h", "127.0.0.1", "-p", str(tunnel.port)]
+    argv += ["-t", "ping", "-n", str(requests), "-c", str(clients), "--csv"]
+    done = _run(argv, timeout=300)
+    rows = {row[0]: row for row in csv.reader(io.StringIO(done.stdout)) if row}
+    row = rows.get("PING_MBULK")
+    if done.returncode != 0 or row is None:
+        return _failed(f"redis-benchmark exit {done.returncode}: {done.stdout}{done.stderr}")
+    figures = {"rps": float(row[1]), "p50_ms": float(row[4]), "p99_ms": float(row[6])}
+    if "error" in done.stderr.lower() or figures["rps"] <= 0:
+        return _failed(f"redis-benchmark: {done.stderr}", **figures)
+    return {"ok": True, "detail": "", **figures}
+
+
+# ------------------------------------------------------------------- churn
+
+
+def churn(tunnel: RunningTunnel, sizes: Sizes) -> Result:
+    """wrk with ``Connection: close``: a new connection, and so tunnel, per request."""
+    argv = [find_tool("wrk"), "-t", "1", "-c", str(sizes.churn_connections)]
+    argv += ["-d", f"{sizes.churn_seconds}s", "-H", "Connection: close"]
+    argv += [f"http://127.0.0.1:{tunnel.port}/small.txt"]
+    done = _run(argv, timeout=sizes.churn_seconds + 60)
+    out = done.stdout
+    rate = re.search(r"Requests/sec:\s*([\d.]+)", out)
+    total = re.search(r"(\d+) requests in", out)
+    if done.returncode != 0 or rate is None or total is None:
+        return _failed(f"wrk exit {done.returncode}: {out}{done.stderr}")
+    errors = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors += int(non2xx.group(1)) if non2xx else 0
+    figures = {
+        "conn_per_s": float(rate.group(1)),
+        "requests": int(total.group(1)),
+        "errors": errors,
+    }
+    if figures["requests"] <= 0 or errors:
+        return _failed(f"wrk: {errors} errors\n{out}", **figures)
+    return {"ok": True, "detail": "", **figures}
+
+
+# -------------------------------------------------------------- bulk echo
+
+
+def bulk_echo(tunnel: RunningTunnel, size: int) -> Result:
+    """``size`` random bytes to the echo target and back, compared byte for byte."""
+    payload = os.urandom(size)
+    received = bytearray()
+    started = time.monotonic()
+    try:
+        with socket.create_connection(("127.0.0.1", tunnel.port), timeout=60) as sock:
+            errors: list[BaseException] = []
+
+            def send() -> None:
+                try:
+                    sock.sendall(payload)
+                except OSError as exc:
+                    errors.append(exc)
+
+            sender = threading.Thread(target=send)
+            sender.start()
+            while len(received) < size:
+                chunk = sock.recv(256 * 1024)
+                if not chunk:
+                    break
+                received += chunk
+            sender.join()
+    except OSError as exc:
+        return _failed(f"bulk echo: {exc}", bytes=len(received))
+    seconds = time.monotonic() - started
+    same = hashlib.sha256(received).digest() == hashlib.sha256(payload).digest()
+    figures = {"bytes": len(received), "seconds": seconds}
+    if errors or not same:
+        return _failed(
+            f"bulk echo: {len(received)} of {size} bytes, equal={same} {errors}", **figures
+        )
+    return {"ok": True, "detail": "", **figures}
+
+
+# ------------------------------------------------------------------- scale
+
+
+def scale(tunnel: RunningTunnel, count: int, concurrency: int = 100) -> Result:
+    """``count`` held connections echoing 1 KiB each; RSS per connection of the tunnel."""
+    base_rss = rss_kib(tunnel.pids)
+    argv = [sys.executable, str(BENCH_DIR / "scale.py"), "hold", str(tunnel.port), str(count)]
+    with subprocess.Popen(
+        [*argv, "--concurrency", str(concurrency)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    ) as holder:
+        assert holder.stdin is not None
+        assert holder.stdout is not None
+        line = holder.stdout.readline()
+        # Measured while every connection is open and has echoed its KiB.
+        rss = rss_kib(tunnel.pids)
+        with contextlib.suppress(OSError):
+            holder.stdin.write("close\n")
+            holder.stdin.flush()
+            holder.stdout.readline()
+        try:
+            holder.wait(60)
+        except subprocess.TimeoutExpired:
+            holder.kill()
+    if not line:
+        return _failed(f"scale holder exited with {holder.returncode} before reporting")
+    report = json.loads(line)
+    ok = int(report["ok"])
+    figures: Result = {
+        "ok_conns": ok,
+        "failed": int(report["failed"]),
+        "open_s": float(report["open_seconds"]),
+        "rss_kib_per_conn": (rss - base_rss) / ok if tunnel.pids and ok else None,
+        "rss_kib": rss if tunnel.pids else None,
+    }
+    if report["failed"]:
+        return _failed(f"{report['failed']} of {count} failed: {report['errors']}", **figures)
+    return {"ok": True, "detail": "", **figures}
+
+
+def make_workdir() -> Path:
+    return Path(tempfile.mkdtemp(prefix="wstun-bench-"))

@@ -1,0 +1,48 @@
+"""The benchmark's quick subset on tiny sizes: every tunnel moves its bytes correctly.
+
+No timings are asserted here; the figures live in bench/results.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.report import write_json, write_markdown
+from bench.runner import PROFILES, TIMED_WORKLOADS, Run, run_benchmark
+from bench.tunnels import TUNNELS
+
+pytestmark = pytest.mark.timeout(240)
+
+
+def test_smoke_every_tunnel_moves_its_bytes(tmp_path) -> None:
+    """Each tunnel carries every workload once, with byte-exact echoes and no errors."""
+    rounds, sizes = PROFILES["smoke"]
+    tunnels = list(TUNNELS)
+    results, _ = run_benchmark(Run(tunnels, TIMED_WORKLOADS, rounds, sizes, log=lambda _: None))
+    failures = [
+        f"{workload} via {tunnel}: {sample['detail']}"
+        for workload, by_tunnel in results.items()
+        for tunnel, samples in by_tunnel.items()
+        for sample in samples
+        if not sample["ok"]
+    ]
+    assert failures == []
+    scale = results["scale-20"]
+    for tunnel in tunnels:
+        assert [s["ok_conns"] for s in scale[tunnel]] == [20]
+        assert results["bulk"][tunnel][0]["bytes"] == sizes.bulk_bytes
+        assert results["churn"][tunnel][0]["errors"] == 0
+        assert results["iperf-down"][tunnel][0]["bytes"] > 0
+    meta = {
+        "name": "smoke",
+        "started": "now",
+        "command": "test",
+        "machine": {},
+        "versions": {},
+        "settings": {},
+    }
+    write_markdown(tmp_path / "r.md", meta, results, tunnels)
+    write_json(tmp_path / "r.json", meta, results)
+    text = (tmp_path / "r.md").read_text()
+    assert "| wstun |" in text
+    assert "wstun against the targets" in text
