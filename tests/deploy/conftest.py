@@ -24,6 +24,8 @@ from ..e2e.conftest import (
     Handler,
     Process,
     Wstun,
+    echo_target,
+    echo_through,
     free_port,
     sha,
     target,
@@ -39,6 +41,7 @@ __all__ = [
     "Process",
     "Wstun",
     "echo_target",
+    "echo_through",
     "free_port",
     "render_template",
     "scrape",
@@ -154,26 +157,6 @@ def nginx(wstun: Wstun, tmp_path: Path) -> Nginx:
     directory = tmp_path / "nginx"
     directory.mkdir()
     return Nginx(wstun, directory)
-
-
-def echo_target(accepted: list[bytes] | None = None) -> Handler:
-    """A target that echoes everything back and half-closes after the client's EOF.
-
-    Each connection's received bytes are appended to ``accepted`` when it ends.
-    """
-
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        received = bytearray()
-        while chunk := await reader.read(65536):
-            received += chunk
-            writer.write(chunk)
-            await writer.drain()
-        writer.write_eof()
-        if accepted is not None:
-            accepted.append(bytes(received))
-        writer.close()
-
-    return handler
 
 
 async def scrape(process: Process) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import trustme
 
-from .conftest import Nginx, Process, Wstun, echo_target, sha
+from .conftest import Nginx, Process, Wstun, echo_target, echo_through, sha
 
 TIMEOUT = 60.0
 
@@ -27,18 +27,6 @@ def write_cert(ca: trustme.CA, directory: Path, *names: str) -> tuple[Path, Path
     chain.write_bytes(b"".join(blob.bytes() for blob in cert.cert_chain_pems))
     cert.private_key_pem.write_to_path(str(key))
     return ca_file, chain, key
-
-
-async def echo_through(local: int, payload: bytes) -> bytes:
-    """As an application: send payload, half-close, read the echo to EOF."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", local)
-    try:
-        writer.write(payload)
-        await writer.drain()
-        writer.write_eof()
-        return await asyncio.wait_for(reader.read(), TIMEOUT)
-    finally:
-        writer.close()
 
 
 async def refused_locally(local: int) -> None:

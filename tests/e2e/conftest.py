@@ -225,6 +225,40 @@ def greets_then_half_closes(greeting: bytes) -> tuple[Handler, asyncio.Future[by
     return handler, received
 
 
+def echo_target(accepted: list[bytes] | None = None) -> Handler:
+    """A target that echoes everything back and half-closes after the client's EOF.
+
+    Each connection's received bytes are appended to ``accepted`` when it ends.
+    A connection that breaks (reset) just ends.
+    """
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        received = bytearray()
+        with contextlib.suppress(ConnectionError):
+            while chunk := await reader.read(65536):
+                received += chunk
+                writer.write(chunk)
+                await writer.drain()
+            writer.write_eof()
+        if accepted is not None:
+            accepted.append(bytes(received))
+        writer.close()
+
+    return handler
+
+
+async def echo_through(port: int, payload: bytes, timeout: float = 60.0) -> bytes:
+    """As an application on 127.0.0.1:port: send payload, half-close, read to EOF."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(payload)
+        await writer.drain()
+        writer.write_eof()
+        return await asyncio.wait_for(reader.read(), timeout)
+    finally:
+        writer.close()
+
+
 def sha(data: bytes) -> str:
     """SHA-256 hex digest, to compare payloads without printing megabytes."""
     return hashlib.sha256(data).hexdigest()

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import Process, Wstun, sha
+from .conftest import Process, Wstun, echo_target, sha
 from .test_tunnel import TIMEOUT, send_and_receive
 
 TOKEN = "battery-token"
@@ -105,14 +105,6 @@ def rss_kib(proc: Process) -> int:
 async def battery_server(wstun: Wstun, target, tmp_path: Path) -> tuple[Process, int, int, int]:
     """A server with a token, an echo target and a target that never stops sending."""
 
-    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(ConnectionError):
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-            writer.write_eof()
-        writer.close()
-
     async def firehose(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(ConnectionError):
             chunk = os.urandom(65536)
@@ -121,7 +113,7 @@ async def battery_server(wstun: Wstun, target, tmp_path: Path) -> tuple[Process,
                 await writer.drain()
         writer.close()
 
-    echo_port, fire_port = await target(echo), await target(firehose)
+    echo_port, fire_port = await target(echo_target()), await target(firehose)
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN)
     server, port = await wstun.server(

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import ctypes
 import os
 import signal
@@ -20,28 +19,14 @@ from collections.abc import Iterator
 
 import pytest
 
-from .conftest import Handler, Process, Wstun, sha
+from .conftest import Process, Wstun, echo_target, sha
 from .test_tunnel import CLOSED, TIMEOUT, expect_reset, send_and_receive
-
-
-def echo_handler() -> Handler:
-    """A target that echoes until EOF, then half-closes."""
-
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(ConnectionError):
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-            writer.write_eof()
-        writer.close()
-
-    return handler
 
 
 async def test_server_restart_mid_stream(wstun: Wstun, target) -> None:
     """Server killed mid-stream: the app sees an error, the client keeps listening and
     new connections work once the server is back on the same port."""
-    port = await target(echo_handler())
+    port = await target(echo_target())
     server, sport = await wstun.server("--allow", f"127.0.0.1:{port}")
     client, local = await wstun.client(f"ws://127.0.0.1:{sport}/", f"127.0.0.1:{port}")
     reader, writer = await asyncio.open_connection("127.0.0.1", local)

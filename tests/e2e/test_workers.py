@@ -7,27 +7,9 @@ import os
 import re
 import signal
 
-from .conftest import Process, Wstun
+from .conftest import Process, Wstun, echo_target, echo_through
 
 TIMEOUT = 60.0
-
-
-async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    while data := await reader.read(65536):
-        writer.write(data)
-        await writer.drain()
-    writer.close()
-
-
-async def round_trip(port: int, payload: bytes) -> bytes:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        writer.write(payload)
-        await writer.drain()
-        writer.write_eof()
-        return await asyncio.wait_for(reader.read(), TIMEOUT)
-    finally:
-        writer.close()
 
 
 async def workers(wstun: Wstun, *args: str) -> Process:
@@ -47,7 +29,7 @@ def alive(pid: int) -> bool:
 
 async def test_workers_share_the_port_and_carry_tunnels(wstun: Wstun, target) -> None:
     """Two workers listen on one port; 20 tunnels echo byte-exact; SIGTERM stops all."""
-    port = await target(echo)
+    port = await target(echo_target())
     server = await workers(wstun, "--allow", f"127.0.0.1:{port}")
     listening = server.matches(r"listening on 127\.0\.0\.1:(\d+)")
     assert len({int(m.group(1)) for m in listening}) == 1
@@ -56,7 +38,7 @@ async def test_workers_share_the_port_and_carry_tunnels(wstun: Wstun, target) ->
     pids = [int(started.group(1)), int(started.group(2))]
     _, lport = await wstun.client(f"ws://127.0.0.1:{sport}/", f"127.0.0.1:{port}")
     payloads = [os.urandom(100_000 + i) for i in range(20)]
-    answers = await asyncio.gather(*(round_trip(lport, p) for p in payloads))
+    answers = await asyncio.gather(*(echo_through(lport, p) for p in payloads))
     assert answers == payloads
     closed = await server.wait_for(r"tunnel closed .* end=eof", count=20)
     assert len(closed) == 20
