@@ -138,6 +138,18 @@ def target_rows(results: Results, tunnel: str = "wstun") -> list[dict[str, Any]]
                 "met": met,
             }
         )
+    if "churn" in results:
+        samples = results["churn"].get(tunnel, [])
+        errors = sum(int(s.get("errors") or 0) for s in samples)
+        rows.append(
+            {
+                "workload": "churn",
+                "metric": "errors",
+                "target": "0",
+                "ratio": None,
+                "met": bool(samples) and errors == 0 and all(s.get("ok") for s in samples),
+            }
+        )
     for workload in results:
         if workload.startswith("scale-"):
             samples = results[workload].get(tunnel, [])
@@ -209,6 +221,7 @@ def write_markdown(
     out += [f"- {name}: {version}" for name, version in meta["versions"].items()]
     out += ["", "## Settings", ""]
     out += [f"- {key}: {value}" for key, value in meta["settings"].items()]
+    out += ["", "## Summary", "", *summary_table(results, tunnels)]
     out += ["", _LEGEND, ""]
     for workload in results:
         out += [f"## {workload}", "", *workload_table(results, workload, tunnels), ""]
@@ -267,3 +280,52 @@ def write_plot(path: Path, results: Results, tunnels: Sequence[str]) -> bool:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
+
+
+#: The README's one table: (workload, figure, column title).
+SUMMARY_COLUMNS = [
+    ("iperf-up", "gbps", "upload Gbit/s"),
+    ("iperf-down", "gbps", "download Gbit/s"),
+    ("iperf-p4", "gbps", "-P 4 Gbit/s"),
+    ("iperf-down", "cpu_s_per_gib", "CPU s/GiB (down)"),
+    ("redis-1", "rps", "redis 1 conn req/s"),
+    ("redis-50", "rps", "redis 50 conns req/s"),
+    ("churn", "conn_per_s", "churn conn/s"),
+    ("scale-10000", "rss_kib_per_conn", "RSS KiB/tunnel"),
+]
+
+
+def summary_table(results: Results, tunnels: Sequence[str]) -> list[str]:
+    """One row per tunnel, the headline figure of each workload (medians)."""
+    columns = [c for c in SUMMARY_COLUMNS if c[0] in results]
+    lines = ["| tunnel | " + " | ".join(c[2] for c in columns) + " |"]
+    lines.append("|---|" + "---:|" * len(columns))
+    for tunnel in tunnels:
+        cells = []
+        for workload, key, _ in columns:
+            median = summarise(results[workload].get(tunnel, []), key).median
+            fmt = next(m.fmt for m in metrics_for(workload) if m.key == key)
+            cells.append("-" if median is None else fmt.format(median))
+        lines.append(f"| {tunnel} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Print the summary table of a results JSON; with --notes, rewrite its .md too."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("json", type=Path)
+    parser.add_argument("--notes", type=Path, help="rewrite the .md with these notes appended")
+    args = parser.parse_args(argv)
+    payload = json.loads(args.json.read_text())
+    results: Results = payload["samples"]
+    tunnels = list(dict.fromkeys(t for by in results.values() for t in by))
+    print("\n".join(summary_table(results, tunnels)))
+    if args.notes:
+        notes = args.notes.read_text()
+        write_markdown(args.json.with_suffix(".md"), payload["meta"], results, tunnels, notes)
+
+
+if __name__ == "__main__":
+    main()

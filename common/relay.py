@@ -123,6 +123,40 @@ async def _copy(t: Transfer, read_size: int, activity: _Activity) -> None:
     # The RUNNING state is the hot path: one read, one write, no other call
     # when the destination takes the whole chunk, which it normally does.
     src, dst = t.src, t.dst
+
+    def sink(chunk: bytes) -> bool:
+        # Called by src as a chunk arrives while our read() waits with
+        # nothing buffered: copy it now if dst takes it without waiting,
+        # instead of waking this task for it. Same count, same order.
+        if activity.failed or len(chunk) > read_size:
+            return False
+        try:
+            if not dst.try_write(chunk):
+                return False
+        except Exception:  # the slow path will meet the error and report it
+            return False
+        t.count += len(chunk)
+        activity.touch()
+        return True
+
+    src.set_sink(sink)
+    try:
+        await _copy_running(t, read_size, activity)
+    finally:
+        src.set_sink(None)
+    if t.state is TransferState.SHUTTING_DOWN:
+        if activity.failed:
+            return  # the relay is about to abort both streams
+        try:
+            await t.dst.write_eof()
+        except _EXPECTED as exc:
+            raise _DirectionFailed(t.dst_name, "write_eof", exc) from exc
+        t.state = TransferState.DONE
+
+
+async def _copy_running(t: Transfer, read_size: int, activity: _Activity) -> None:
+    """RUNNING: read and write until EOF (then SHUTTING_DOWN) or an error."""
+    src, dst = t.src, t.dst
     while t.state is TransferState.RUNNING:
         try:
             chunk = await src.read(read_size)
@@ -141,14 +175,6 @@ async def _copy(t: Transfer, read_size: int, activity: _Activity) -> None:
         activity.touch()
         if n < len(chunk):
             await _write_all(t, chunk[n:], activity)
-    if t.state is TransferState.SHUTTING_DOWN:
-        if activity.failed:
-            return  # the relay is about to abort both streams
-        try:
-            await t.dst.write_eof()
-        except _EXPECTED as exc:
-            raise _DirectionFailed(t.dst_name, "write_eof", exc) from exc
-        t.state = TransferState.DONE
 
 
 async def _abort_both(a: ByteStream, b: ByteStream, reason: str) -> None:

@@ -32,7 +32,8 @@ from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.connection import Connection
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
-from websockets.protocol import Protocol, Side, State
+from websockets.frames import Frame, Opcode
+from websockets.protocol import Event, Protocol, Side, State
 from websockets.streams import StreamReader
 
 try:
@@ -50,6 +51,7 @@ __all__ = [
     "WS_OPTIONS",
     "WS_WRITE_LIMIT",
     "ByteStream",
+    "ChunkSink",
     "TcpStream",
     "TunnelClientConnection",
     "TunnelServerConnection",
@@ -132,6 +134,31 @@ class ByteStream(abc.ABC):
     @abc.abstractmethod
     async def abort(self, reason: str = "") -> None:
         """Close at once, so that the far side sees an error, not an EOF."""
+
+    # Optional fast path for the relay. The defaults opt out; a stream that
+    # implements them still keeps every promise above.
+
+    def try_write(self, data: bytes) -> bool:
+        """Write non-empty ``data`` now if that needs no waiting at all.
+
+        True: all of ``data`` was accepted, exactly as ``write()`` would have
+        done. False: nothing was written (the caller uses ``write()``).
+        """
+        return False
+
+    def set_sink(self, sink: ChunkSink | None) -> None:
+        """While a ``read()`` waits with nothing buffered, offer arriving chunks to ``sink``.
+
+        A chunk the sink accepts (returns True) is consumed: ``read()`` will
+        never return it. A refused chunk is buffered for ``read()`` as usual,
+        and so is everything after it, so order is kept. EOF and errors
+        always go to ``read()``. ``None`` removes the sink.
+        """
+        del sink  # this stream has no fast path: read() gets every chunk
+
+
+#: Takes a chunk just received; True if it consumed it (see ByteStream.set_sink).
+ChunkSink = Callable[[bytes], bool]
 
 
 def _check_writable(data: bytes, *, closed: bool, eof_sent: bool) -> None:
@@ -230,6 +257,8 @@ class TcpStream(ByteStream):
         self._write_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
         self._lost_waiter: asyncio.Future[None] = self._loop.create_future()
+        # Takes chunks straight from data_received while a read() waits.
+        self._sink: ChunkSink | None = None
         self.peername: tuple[Any, ...] | None = transport.get_extra_info("peername")
         self.sockname: tuple[Any, ...] | None = transport.get_extra_info("sockname")
 
@@ -241,6 +270,9 @@ class TcpStream(ByteStream):
             waiter.set_result(None)
 
     def _feed(self, data: bytes) -> None:
+        sink = self._sink
+        if sink is not None and self._read_waiter is not None and not self._chunks and sink(data):
+            return
         self._chunks.append(data)
         self._buffered += len(data)
         if self._buffered > _TCP_READ_HIGH_WATER and not self._reading_paused:
@@ -324,6 +356,21 @@ class TcpStream(ByteStream):
         if self._connection_lost and self._error is not None:
             raise self._broken() from self._error
         return len(data)
+
+    def try_write(self, data: bytes) -> bool:
+        if (
+            self._closed
+            or self._eof_sent
+            or self._write_paused
+            or self._connection_lost
+            or self._transport.is_closing()
+        ):
+            return False
+        self._transport.write(data)
+        return True
+
+    def set_sink(self, sink: ChunkSink | None) -> None:
+        self._sink = sink
 
     async def write_eof(self) -> None:
         if self._eof_sent or self._closed:
@@ -492,15 +539,21 @@ def _use_chunk_reader(protocol: Protocol) -> None:
 
 
 class _LivenessMixin:
-    """Timestamps every byte received, so any frame counts as proof of life."""
+    """Timestamps every byte received, so any frame counts as proof of life.
+
+    Also holds ``frame_sink``: WebSocketStream's hook that takes a binary
+    message as its frame is parsed, while its read() waits with nothing queued.
+    """
 
     loop: asyncio.AbstractEventLoop
     last_received: float
     _rx_waiter: asyncio.Future[None] | None
+    frame_sink: Callable[[Frame], bool] | None
 
     def _init_liveness(self) -> None:
         self.last_received = self.loop.time()
         self._rx_waiter = None
+        self.frame_sink = None
 
     def _mark_alive(self) -> None:
         self.last_received = self.loop.time()
@@ -541,6 +594,12 @@ class TunnelServerConnection(_LivenessMixin, ServerConnection):
         self._mark_alive()
         super().data_received(data)
 
+    def process_event(self, event: Event) -> None:
+        sink = self.frame_sink
+        if sink is not None and isinstance(event, Frame) and sink(event):
+            return
+        super().process_event(event)
+
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
         stream, self.target_stream = self.target_stream, None
@@ -559,6 +618,12 @@ class TunnelClientConnection(_LivenessMixin, ClientConnection):
     def data_received(self, data: bytes) -> None:
         self._mark_alive()
         super().data_received(data)
+
+    def process_event(self, event: Event) -> None:
+        sink = self.frame_sink
+        if sink is not None and isinstance(event, Frame) and sink(event):
+            return
+        super().process_event(event)
 
 
 _HEADER_SHORT = struct.Struct("!BB")
@@ -687,6 +752,36 @@ class WebSocketStream(ByteStream):
         except ConnectionClosed as exc:
             raise self._broken(exc) from exc
         return len(data)
+
+    def try_write(self, data: bytes) -> bool:
+        if self._closed or self._eof_sent or self._ws.paused or not self._can_write_directly():
+            return False
+        self._write_frame(data)
+        return True
+
+    def set_sink(self, sink: ChunkSink | None) -> None:
+        if sink is None:
+            self._ws.frame_sink = None
+            return
+
+        def take(frame: Frame) -> bool:
+            # Only a whole, non-empty binary message that read() would return
+            # next: nothing pending or queued before it, read() waiting.
+            if (
+                frame.opcode is not Opcode.BINARY
+                or not frame.fin
+                or not frame.data
+                or self._pending
+                or self._eof_rcvd
+                or self._closed
+            ):
+                return False
+            assembler = self._ws.recv_messages
+            if not getattr(assembler, "get_in_progress", False) or len(assembler.frames):
+                return False
+            return sink(bytes(frame.data))
+
+        self._ws.frame_sink = take
 
     def _can_write_directly(self) -> bool:
         """True when a binary frame may go straight to the transport.
