@@ -431,16 +431,15 @@ class _ChunkReader(StreamReader):
         self._size = 0
 
     def _merge(self) -> bytes:
-        """All unread bytes as one chunk (handshake only: it copies)."""
+        """The unread bytes in one chunk, from ``_offset`` on (handshake only: it copies)."""
         if not self._chunks:
             return b""
-        if len(self._chunks) > 1 or self._offset:
+        if len(self._chunks) > 1:
             merged = b"".join(
                 [memoryview(self._chunks[0])[self._offset :], *list(self._chunks)[1:]]
             )
             self._chunks.clear()
-            if merged:
-                self._chunks.append(merged)
+            self._chunks.append(merged)
             self._offset = 0
         return self._chunks[0]
 
@@ -476,7 +475,13 @@ class _ChunkReader(StreamReader):
     ) -> Generator[None, None, bytes]:
         p = 0
         while True:
-            n = self._merge().find(b"\n", p) + 1
+            # Merging only when more than one chunk waits keeps a request's
+            # lines from being copied once per line.
+            first = (
+                self._merge() if len(self._chunks) > 1 else self._chunks[0] if self._chunks else b""
+            )
+            start = self._offset if len(self._chunks) == 1 else 0
+            n = first.find(b"\n", start + p) + 1 - start
             if n > 0:
                 break
             p = self._size
