@@ -7,11 +7,28 @@ from __future__ import annotations
 
 import pytest
 
-from bench.report import write_json, write_markdown
+from bench.report import Results, write_json, write_markdown
 from bench.runner import PROFILES, TIMED_WORKLOADS, Run, run_benchmark
 from bench.tunnels import TUNNELS
 
 pytestmark = pytest.mark.timeout(240)
+
+
+#: Peers we measure against, not ours. websocat and websockify now and then
+#: drop iperf3's control connection ("control socket has closed
+#: unexpectedly"); such a sample gets one more try, ours never do.
+FOREIGN = frozenset({"websocat", "websockify"})
+
+
+def failed(results: Results) -> list[tuple[str, str, str]]:
+    """(workload, tunnel, detail) of every failed sample."""
+    return [
+        (workload, tunnel, str(sample["detail"]))
+        for workload, by_tunnel in results.items()
+        for tunnel, samples in by_tunnel.items()
+        for sample in samples
+        if not sample["ok"]
+    ]
 
 
 def test_smoke_every_tunnel_moves_its_bytes(tmp_path) -> None:
@@ -19,13 +36,16 @@ def test_smoke_every_tunnel_moves_its_bytes(tmp_path) -> None:
     rounds, sizes = PROFILES["smoke"]
     tunnels = list(TUNNELS)
     results, _ = run_benchmark(Run(tunnels, TIMED_WORKLOADS, rounds, sizes, log=lambda _: None))
-    failures = [
-        f"{workload} via {tunnel}: {sample['detail']}"
-        for workload, by_tunnel in results.items()
-        for tunnel, samples in by_tunnel.items()
-        for sample in samples
-        if not sample["ok"]
-    ]
+    failures = []
+    for workload, tunnel, detail in failed(results):
+        if tunnel in FOREIGN:
+            again, _ = run_benchmark(
+                Run([tunnel], [workload], 1, sizes, scale=False, log=lambda _: None)
+            )
+            if not failed(again):
+                results[workload][tunnel] = again[workload][tunnel]
+                continue
+        failures.append(f"{workload} via {tunnel}: {detail}")
     assert failures == []
     scale = results["scale-20"]
     for tunnel in tunnels:
