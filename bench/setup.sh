@@ -7,8 +7,5 @@ cd "$(dirname "$0")/.."
 
 ./scripts/install-debian-deps.sh
 
-PYTHON=${PYTHON:-python3}
-[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-.venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e '.[bench]'
+./scripts/setup-venv.sh bench
 echo "ready: .venv/bin/python bench/run.py (full, ~15 min) or --quick (~2 min)"

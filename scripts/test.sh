@@ -7,10 +7,7 @@ cd "$(dirname "$0")/.."
 
 ./scripts/install-debian-deps.sh
 
-PYTHON=${PYTHON:-python3}
-[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-.venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e '.[test]'
+./scripts/setup-venv.sh test
 
 echo "== ruff"
 .venv/bin/ruff check .
