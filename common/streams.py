@@ -475,12 +475,10 @@ class _ChunkReader(StreamReader):
     ) -> Generator[None, None, bytes]:
         p = 0
         while True:
-            # Merging only when more than one chunk waits keeps a request's
-            # lines from being copied once per line.
-            first = (
-                self._merge() if len(self._chunks) > 1 else self._chunks[0] if self._chunks else b""
-            )
-            start = self._offset if len(self._chunks) == 1 else 0
+            # _merge() copies only when more than one chunk waits, so a
+            # request's lines are not copied once per line.
+            first = self._merge()
+            start = self._offset
             n = first.find(b"\n", start + p) + 1 - start
             if n > 0:
                 break
@@ -543,28 +541,39 @@ def _use_chunk_reader(protocol: Protocol) -> None:
         next(protocol.parser)
 
 
-class _LivenessMixin:
-    """Timestamps every byte received, so any frame counts as proof of life.
+class _TunnelConnection(Connection):
+    """What wstun adds to websockets' connections, on both sides.
 
-    Also holds ``frame_sink``: WebSocketStream's hook that takes a binary
-    message as its frame is parsed, while its read() waits with nothing queued.
+    - Liveness: every byte received is timestamped, so any frame counts as
+      proof of life (``last_received``, ``wait_received``).
+    - The chunk reader (:func:`_use_chunk_reader`), installed before any byte
+      arrives.
+    - ``frame_sink``: WebSocketStream's hook that takes a binary message as
+      its frame is parsed, while its read() waits with nothing queued.
+
+    A base placed before websockets' ServerConnection/ClientConnection, so
+    its overrides wrap theirs.
     """
 
-    loop: asyncio.AbstractEventLoop
-    last_received: float
-    _rx_waiter: asyncio.Future[None] | None
-    frame_sink: Callable[[Frame], bool] | None
-
-    def _init_liveness(self) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _use_chunk_reader(self.protocol)
         self.last_received = self.loop.time()
-        self._rx_waiter = None
-        self.frame_sink = None
+        self._rx_waiter: asyncio.Future[None] | None = None
+        self.frame_sink: Callable[[Frame], bool] | None = None
 
-    def _mark_alive(self) -> None:
+    def data_received(self, data: bytes) -> None:
         self.last_received = self.loop.time()
         waiter = self._rx_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+        super().data_received(data)
+
+    def process_event(self, event: Event) -> None:
+        sink = self.frame_sink
+        if sink is not None and isinstance(event, Frame) and sink(event):
+            return
+        super().process_event(event)
 
     async def wait_received(self, timeout: float) -> None:
         """Wait up to ``timeout`` seconds for any bytes from the peer."""
@@ -577,7 +586,7 @@ class _LivenessMixin:
             self._rx_waiter = None
 
 
-class TunnelServerConnection(_LivenessMixin, ServerConnection):
+class TunnelServerConnection(_TunnelConnection, ServerConnection):
     """websockets' server connection plus liveness stamps and the dialled target.
 
     ``target_stream`` holds the target connection dialled during the
@@ -587,23 +596,11 @@ class TunnelServerConnection(_LivenessMixin, ServerConnection):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        _use_chunk_reader(self.protocol)
-        self._init_liveness()
         self.target_stream: TcpStream | None = None
         # The target that target_stream is connected to.
         self.target: Target | None = None
         # The real client's address (host:port), set during the handshake.
         self.client_peer: str = "-"
-
-    def data_received(self, data: bytes) -> None:
-        self._mark_alive()
-        super().data_received(data)
-
-    def process_event(self, event: Event) -> None:
-        sink = self.frame_sink
-        if sink is not None and isinstance(event, Frame) and sink(event):
-            return
-        super().process_event(event)
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
@@ -612,23 +609,8 @@ class TunnelServerConnection(_LivenessMixin, ServerConnection):
             self.loop.create_task(stream.abort("handshake did not complete"))
 
 
-class TunnelClientConnection(_LivenessMixin, ClientConnection):
+class TunnelClientConnection(_TunnelConnection, ClientConnection):
     """websockets' client connection plus liveness stamps."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        _use_chunk_reader(self.protocol)
-        self._init_liveness()
-
-    def data_received(self, data: bytes) -> None:
-        self._mark_alive()
-        super().data_received(data)
-
-    def process_event(self, event: Event) -> None:
-        sink = self.frame_sink
-        if sink is not None and isinstance(event, Frame) and sink(event):
-            return
-        super().process_event(event)
 
 
 _HEADER_SHORT = struct.Struct("!BB")
