@@ -28,6 +28,8 @@ import enum
 import ipaddress
 from collections.abc import Iterable, Sequence
 
+from .addresses import IPAddress, IPNetwork, parse_ip
+
 __all__ = [
     "FORWARDED_FOR_HEADER",
     "REAL_IP_HEADER",
@@ -39,9 +41,6 @@ __all__ = [
 
 FORWARDED_FOR_HEADER = "X-Forwarded-For"
 REAL_IP_HEADER = "X-Real-IP"
-
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class Source(enum.Enum):
@@ -62,16 +61,6 @@ class ClientAddress:
 
     def __str__(self) -> str:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
-
-
-def _ip(text: str) -> IPAddress | None:
-    try:
-        address = ipaddress.ip_address(text)
-    except ValueError:
-        return None
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped
-    return address
 
 
 def parse_address(entry: str) -> tuple[IPAddress, int] | None:
@@ -95,7 +84,7 @@ def parse_address(entry: str) -> tuple[IPAddress, int] | None:
         port = int(port_text)
     else:
         host = entry
-    address = _ip(host)
+    address = parse_ip(host)
     return None if address is None else (address, port)
 
 
@@ -130,7 +119,7 @@ class TrustedProxies:
         order (a request may carry several; they form one list).
         """
         direct = ClientAddress(peer_host, peer_port, Source.PEER)
-        peer = _ip(peer_host)
+        peer = parse_ip(peer_host)
         if peer is None or not self.trusts(peer):
             return direct
         entries = [entry for value in forwarded_for for entry in value.split(",")]

@@ -39,6 +39,8 @@ from pathlib import Path
 from common.errors import TargetError
 from common.protocol import Target, format_target, parse_port, parse_target
 
+from .addresses import IPAddress, IPNetwork, parse_ip
+
 __all__ = [
     "BUILTIN_DENY",
     "Decision",
@@ -48,9 +50,6 @@ __all__ = [
     "load_policy_file",
     "parse_rule",
 ]
-
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class HostKind(enum.Enum):
@@ -127,14 +126,8 @@ def _canonical_name(host: str) -> str:
 
 
 def _address(text: str) -> IPAddress | None:
-    """The address ``text`` names (IPv4-mapped IPv6 unwrapped), or ``None``."""
-    try:
-        address = ipaddress.ip_address(text.split("%", 1)[0])
-    except ValueError:
-        return None
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped
-    return address
+    """The address ``text`` names, a zone (``fe80::1%eth0``) ignored; else ``None``."""
+    return parse_ip(text.split("%", 1)[0])
 
 
 def _parse_ports(text: str, rule: str) -> tuple[int, int]:
