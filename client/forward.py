@@ -321,9 +321,7 @@ class TunnelClient:
         except HandshakeError as exc:
             self.metrics.handshake_failed(exc.status)
             await local.abort()
-            # "refused" when the server answered; "failed" when it never did.
-            outcome = f"refused: {exc.status}" if exc.status else "failed:"
-            self.failures.log(f"tunnel to {forward.remote} {outcome} {exc.reason}")
+            self.failures.log(f"tunnel to {forward.remote} {exc.outcome}")
             report.end, report.reason = "refused", str(exc)
             logger.debug("%s", report.line())
             return

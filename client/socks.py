@@ -486,8 +486,7 @@ async def _tunnel(
         if metrics is not None:
             metrics.handshake_failed(exc.status)
         code = reply_for_status(exc.status)
-        outcome = f"refused: {exc.status}" if exc.status else "failed:"
-        log_failure(f"tunnel to {target} {outcome} {exc.reason} (SOCKS5 reply 0x{code:02x})")
+        log_failure(f"tunnel to {target} {exc.outcome} (SOCKS5 reply 0x{code:02x})")
         report.end, report.reason = "refused", str(exc)
         logger.debug("%s", report.line())
         await _answer_and_close(local, build_reply(code))

@@ -519,8 +519,7 @@ async def run_stdio(
     try:
         remote = await open_tunnel(config, target)
     except HandshakeError as exc:
-        outcome = f"refused: {exc.status}" if exc.status else "failed:"
-        return _fail(f"tunnel to {target} {outcome} {exc.reason}")
+        return _fail(f"tunnel to {target} {exc.outcome}")
     try:
         local = await open_stdio()
     except OSError as exc:

@@ -61,6 +61,11 @@ class HandshakeError(TunnelError):
         self.status = status
         self.reason = reason
 
+    @property
+    def outcome(self) -> str:
+        """``refused: 403 <reason>`` when the server answered, ``failed: <reason>`` if not."""
+        return f"refused: {self}" if self.status else f"failed: {self}"
+
 
 class TargetError(TunnelError, ValueError):
     """A target or listen address string is malformed."""
