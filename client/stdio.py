@@ -41,7 +41,7 @@ from common.errors import HandshakeError, StreamBroken, StreamClosed, describe_o
 from common.protocol import Target
 from common.report import TunnelReport, new_tunnel_id, relay_and_report
 from common.runtime import install_stop_signals
-from common.streams import ByteStream
+from common.streams import ByteStream, check_writable
 
 from .forward import open_tunnel
 
@@ -442,12 +442,7 @@ class StdioStream(ByteStream):
         return await self._reader.read(max_bytes)
 
     async def write(self, data: bytes) -> int:
-        if not data:
-            raise ValueError("write() needs a non-empty chunk; use write_eof() to end")
-        if self._closed:
-            raise StreamClosed("write to a closed stream")
-        if self._eof_sent:
-            raise StreamClosed("write after write_eof()")
+        check_writable(data, closed=self._closed, eof_sent=self._eof_sent)
         await self._writer.write(data)
         if self._closed:
             raise StreamClosed("stream closed while the write waited to drain")

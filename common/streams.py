@@ -56,6 +56,7 @@ __all__ = [
     "TunnelClientConnection",
     "TunnelServerConnection",
     "WebSocketStream",
+    "check_writable",
     "open_tcp",
     "tcp_protocol_factory",
 ]
@@ -161,7 +162,7 @@ class ByteStream(abc.ABC):
 ChunkSink = Callable[[bytes], bool]
 
 
-def _check_writable(data: bytes, *, closed: bool, eof_sent: bool) -> None:
+def check_writable(data: bytes, *, closed: bool, eof_sent: bool) -> None:
     """The part of the write() contract every stream checks the same way."""
     if not data:
         raise ValueError("write() needs a non-empty chunk; use write_eof() to end")
@@ -341,7 +342,7 @@ class TcpStream(ByteStream):
         return chunk
 
     async def write(self, data: bytes) -> int:
-        _check_writable(data, closed=self._closed, eof_sent=self._eof_sent)
+        check_writable(data, closed=self._closed, eof_sent=self._eof_sent)
         if self._connection_lost or self._transport.is_closing():
             raise self._broken() from self._error
         self._transport.write(data)
@@ -728,7 +729,7 @@ class WebSocketStream(ByteStream):
         return chunk[:max_bytes]
 
     async def write(self, data: bytes) -> int:
-        _check_writable(data, closed=self._closed, eof_sent=self._eof_sent)
+        check_writable(data, closed=self._closed, eof_sent=self._eof_sent)
         if self._can_write_directly():
             self._write_frame(data)
             if self._ws.paused:
