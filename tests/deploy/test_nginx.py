@@ -9,7 +9,7 @@ import asyncio
 import os
 import subprocess
 
-from ..e2e.conftest import greets_then_half_closes
+from ..e2e.conftest import both_ways_target, greets_then_half_closes, send_and_receive
 from .conftest import Nginx, Process, Wstun, echo_target, sha
 
 TIMEOUT = 60.0
@@ -39,28 +39,9 @@ async def test_both_ways_at_once_byte_exact(wstun: Wstun, nginx: Nginx, target) 
     """4 MiB each way at once through nginx, byte-exact, with exact logged counts."""
     up, down = os.urandom(4 << 20), os.urandom(4 << 20)
     received: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        async def send() -> None:
-            writer.write(down)
-            await writer.drain()
-            writer.write_eof()
-
-        _, data = await asyncio.gather(send(), reader.read())
-        received.set_result(data)
-        writer.close()
-
-    port = await target(handler)
+    port = await target(both_ways_target(down, received))
     server, client, local = await behind_nginx(wstun, nginx, port)
-    reader, writer = await asyncio.open_connection("127.0.0.1", local)
-
-    async def send() -> None:
-        writer.write(up)
-        await writer.drain()
-        writer.write_eof()
-
-    _, answer = await asyncio.wait_for(asyncio.gather(send(), reader.read()), TIMEOUT)
-    writer.close()
+    answer = await send_and_receive(local, up)
 
     assert sha(answer) == sha(down)
     assert sha(await asyncio.wait_for(received, TIMEOUT)) == sha(up)

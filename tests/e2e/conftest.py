@@ -259,6 +259,38 @@ async def echo_through(port: int, payload: bytes, timeout: float = 60.0) -> byte
         writer.close()
 
 
+async def send_and_receive(port: int, payload: bytes, timeout: float = 60.0) -> bytes:
+    """As an application: send payload, half-close, and read the answer to EOF."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+
+    async def send() -> None:
+        writer.write(payload)
+        await writer.drain()
+        writer.write_eof()
+
+    try:
+        _, answer = await asyncio.wait_for(asyncio.gather(send(), reader.read()), timeout)
+    finally:
+        writer.close()
+    return answer
+
+
+def both_ways_target(payload: bytes, received: asyncio.Future[bytes]) -> Handler:
+    """A target that sends ``payload`` while it reads the client's data to EOF."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        async def send() -> None:
+            writer.write(payload)
+            await writer.drain()
+            writer.write_eof()
+
+        _, data = await asyncio.gather(send(), reader.read())
+        received.set_result(data)
+        writer.close()
+
+    return handler
+
+
 def sha(data: bytes) -> str:
     """SHA-256 hex digest, to compare payloads without printing megabytes."""
     return hashlib.sha256(data).hexdigest()

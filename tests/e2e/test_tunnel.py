@@ -15,42 +15,17 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import Handler, Wstun, free_port, greets_then_half_closes, sha
+from .conftest import (
+    Wstun,
+    both_ways_target,
+    free_port,
+    greets_then_half_closes,
+    send_and_receive,
+    sha,
+)
 
 TIMEOUT = 60.0
 CLOSED = r"tunnel closed id={side}\d+ .*up=(\d+) down=(\d+) .*end=(\S+)"
-
-
-async def send_and_receive(port: int, payload: bytes) -> bytes:
-    """As an application: send payload, half-close, and read the answer to EOF."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-
-    async def send() -> None:
-        writer.write(payload)
-        await writer.drain()
-        writer.write_eof()
-
-    try:
-        _, answer = await asyncio.wait_for(asyncio.gather(send(), reader.read()), TIMEOUT)
-    finally:
-        writer.close()
-    return answer
-
-
-def both_ways_target(payload: bytes, received: asyncio.Future[bytes]) -> Handler:
-    """A target that sends ``payload`` while it reads the client's data to EOF."""
-
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        async def send() -> None:
-            writer.write(payload)
-            await writer.drain()
-            writer.write_eof()
-
-        _, data = await asyncio.gather(send(), reader.read())
-        received.set_result(data)
-        writer.close()
-
-    return handler
 
 
 @pytest.mark.parametrize("size", [0, 1, 1024 * 1024, 64 * 1024 * 1024], ids=str)
