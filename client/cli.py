@@ -7,10 +7,9 @@ import logging
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import click
-from websockets.exceptions import InvalidProxy
-from websockets.proxy import parse_proxy
 
 from common import __version__
 from common.errors import TargetError
@@ -63,12 +62,25 @@ def _check_proxy(ctx: click.Context, param: click.Parameter, value: str | None) 
     if value is None or value == "none":
         return value
     try:
-        proxy = parse_proxy(value)
-    except InvalidProxy as exc:
+        check_proxy_url(value)
+    except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
-    if proxy.scheme not in ("http", "https"):
-        raise click.BadParameter(f"{value}: only http:// and https:// (CONNECT) proxies")
     return value
+
+
+def check_proxy_url(url: str) -> None:
+    """Raise ValueError unless ``url`` is an ``http://`` or ``https://`` CONNECT proxy."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        raise ValueError(f"{url}: only http:// and https:// (CONNECT) proxies")
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a port that isn't one
+    except ValueError:
+        raise ValueError(f"{url}: invalid port") from None
+    if not parts.hostname:
+        raise ValueError(f"{url}: no proxy host")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError(f"{url}: a proxy URL has no path, query or fragment")
 
 
 def _check_url(ctx: click.Context, param: click.Parameter, value: str) -> str:

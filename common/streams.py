@@ -430,6 +430,9 @@ class _ChunkReader(StreamReader):
         # Bytes of _chunks[0] already consumed, and unread bytes in total.
         self._offset = 0
         self._size = 0
+        #: Whole lines handed out (the handshake's), to tell a request line
+        #: that is too long from a header line.
+        self.lines_read = 0
 
     def _merge(self) -> bytes:
         """The unread bytes in one chunk, from ``_offset`` on (handshake only: it copies)."""
@@ -491,6 +494,7 @@ class _ChunkReader(StreamReader):
             yield
         if n > m:
             raise too_long_exc_type(f"read {n} bytes, expected no more than {m} bytes")
+        self.lines_read += 1
         return self._take(n)
 
     def read_exact(self, n: int) -> Generator[None, None, bytes]:  # type: ignore[override]

@@ -48,7 +48,7 @@ from common.streams import (
     WebSocketStream,
 )
 
-from .badinput import connection_class, handshake_problem, query_problem
+from .badinput import NOT_ASCII, connection_class, handshake_problem, query_problem
 from .forwarded import FORWARDED_FOR_HEADER, REAL_IP_HEADER, TrustedProxies
 from .limits import ConnectionLimits, client_host
 from .metrics import ServerMetrics
@@ -158,6 +158,8 @@ class TunnelServer:
 
     def _check(self, request: Request) -> Target | HandshakeRejection:
         """Path, upgrade, query, token and target, in that order (the policy comes next)."""
+        if not request.path.isascii():
+            return NOT_ASCII  # websockets < 17 lets it through; no answer may quote it
         url = urlsplit(request.path)
         if not path_matches(url.path, self.config.path):
             return HandshakeRejection(Failure.NOT_FOUND, f"no tunnel endpoint at {url.path}")

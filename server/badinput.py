@@ -19,7 +19,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from websockets.exceptions import InvalidMessage
-from websockets.http11 import Request, Response
+from websockets.http11 import MAX_NUM_HEADERS, Request, Response
 from websockets.protocol import CONNECTING
 from websockets.server import ServerProtocol
 
@@ -31,10 +31,12 @@ __all__ = [
     "CREDENTIAL_KEYS",
     "MAX_QUERY_FIELDS",
     "MAX_QUERY_LENGTH",
+    "NOT_ASCII",
     "AnsweringConnection",
     "Reject",
     "connection_class",
     "handshake_problem",
+    "parse_error_rejection",
     "query_problem",
 ]
 
@@ -96,15 +98,28 @@ def query_problem(query: str, token: bytes | None) -> HandshakeRejection | None:
     return None
 
 
+#: A non-ASCII request line. websockets 17 refuses it while parsing; earlier
+#: releases pass the path on with surrogate escapes, which no answer may quote.
+NOT_ASCII = HandshakeRejection(Failure.BAD_REQUEST, "bad HTTP request: request line is not ASCII")
+
+_WRONG_METHOD = HandshakeRejection(Failure.METHOD_NOT_ALLOWED, "WebSocket upgrades use GET")
+_WRONG_PROTOCOL = HandshakeRejection(
+    Failure.HTTP_VERSION_NOT_SUPPORTED, "WebSocket upgrades need HTTP/1.1"
+)
+
+
 def handshake_problem(request: Request) -> HandshakeRejection | None:
-    """An upgrade websockets would refuse after the dial, refused before it instead."""
+    """An upgrade websockets would refuse after the dial, refused before it instead.
+
+    websockets before 17 has no ``method`` or ``protocol`` on a request: it
+    parses only ``GET ... HTTP/1.1`` and refuses the rest while parsing
+    (:func:`parse_error_rejection` gives those the same answers).
+    """
     headers = request.headers
-    if request.method != "GET":
-        return HandshakeRejection(Failure.METHOD_NOT_ALLOWED, "WebSocket upgrades use GET")
-    if request.protocol != "HTTP/1.1":
-        return HandshakeRejection(
-            Failure.HTTP_VERSION_NOT_SUPPORTED, "WebSocket upgrades need HTTP/1.1"
-        )
+    if getattr(request, "method", "GET") != "GET":
+        return _WRONG_METHOD
+    if getattr(request, "protocol", "HTTP/1.1") != "HTTP/1.1":
+        return _WRONG_PROTOCOL
     if "Sec-WebSocket-Key" not in headers:
         return HandshakeRejection(Failure.BAD_REQUEST, "missing Sec-WebSocket-Key header")
     if headers.get("Sec-WebSocket-Version") != "13":
@@ -119,14 +134,39 @@ def _first_line(body: bytes) -> str:
     return text.splitlines()[0] if text else "bad request"
 
 
-def _describe_parse_error(cause: BaseException | None) -> str:
-    """What was wrong, without quoting the request: it may hold a secret or control bytes."""
+# What websockets before 17 raises, while parsing, for what 17 parses and
+# answers itself (414, 431) or leaves to the server (the method, HTTP/1.0).
+_OLD_METHOD_ERROR = "unsupported HTTP method; expected GET; got "
+_OLD_PROTOCOL_ERROR = "unsupported protocol; expected HTTP/1.1: "
+_OLD_LINE_TOO_LONG = "line too long"
+_OLD_TOO_MANY_HEADERS = "too many HTTP headers"
+
+
+def parse_error_rejection(cause: BaseException | None, lines_read: int) -> HandshakeRejection:
+    """The answer to a request websockets could not parse, the same on every release.
+
+    ``lines_read`` is how many whole lines the reader had handed out, to tell
+    a request line that is too long (414) from a header line (431).
+    The reason never quotes the request: it may hold a secret or control bytes.
+    """
+    text = str(cause) if cause is not None else ""
+    if text.startswith(_OLD_METHOD_ERROR):
+        return _WRONG_METHOD
+    if text.startswith(_OLD_PROTOCOL_ERROR) and text.endswith(" HTTP/1.0"):
+        return _WRONG_PROTOCOL
+    if text == _OLD_LINE_TOO_LONG and cause is not None:
+        failure = Failure.URI_TOO_LONG if lines_read == 0 else Failure.HEADERS_TOO_LARGE
+        return HandshakeRejection(failure, str(cause.__context__ or text))
+    if text == _OLD_TOO_MANY_HEADERS:
+        return HandshakeRejection(
+            Failure.HEADERS_TOO_LARGE, f"expected no more than {MAX_NUM_HEADERS} headers"
+        )
     if isinstance(cause, UnicodeError):
-        return "request line is not ASCII"
-    if cause is None:
-        return "malformed request"
-    text = str(cause).partition(": ")[0]
-    return text if text.isprintable() and text.isascii() else "malformed request"
+        return NOT_ASCII
+    detail = text.partition(": ")[0] if cause is not None else "malformed request"
+    if not (detail.isprintable() and detail.isascii()):
+        detail = "malformed request"
+    return HandshakeRejection(Failure.BAD_REQUEST, f"bad HTTP request: {detail}")
 
 
 class _AnsweringProtocol(ServerProtocol):
@@ -156,17 +196,16 @@ class _AnsweringProtocol(ServerProtocol):
 
     def send_eof(self) -> None:
         exc = self.handshake_exc
-        if (
-            self.state is CONNECTING
-            and not self.answered
-            and isinstance(exc, InvalidMessage)
-            and not isinstance(exc.__cause__, EOFError)  # the client left: nobody to answer
-        ):
-            # Unparseable request: websockets would just close. Say why first.
-            detail = _describe_parse_error(exc.__cause__)
-            rejection = HandshakeRejection(Failure.BAD_REQUEST, f"bad HTTP request: {detail}")
-            self.send_response(self.connection.reject_via_server(rejection))
-            return  # send_response ends with send_eof(), which lands below
+        if self.state is CONNECTING and not self.answered and isinstance(exc, InvalidMessage):
+            # Handled here: websockets before 17 would re-raise it from the
+            # handshake and log it as an error with a traceback.
+            self.handshake_exc = None
+            if not isinstance(exc.__cause__, EOFError):  # the client left: nobody to answer
+                # Unparseable request: websockets would just close. Say why first.
+                lines_read = getattr(self.reader, "lines_read", 0)
+                rejection = parse_error_rejection(exc.__cause__, lines_read)
+                self.send_response(self.connection.reject_via_server(rejection))
+                return  # send_response ends with send_eof(), which lands below
         super().send_eof()
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from client.cli import main
+from client.cli import check_proxy_url, main
 
 
 def run(args: list[str], env: dict[str, str] | None = None) -> tuple[int, str]:
@@ -107,3 +107,23 @@ def test_connect_to_and_tls_server_name_listed() -> None:
     assert "connect to: [::1]:8443 (directly)" in out
     assert "proxy:" not in out
     assert "tls server name: t.example" in out
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("http://proxy.corp:3128", None),
+        ("https://user:pass@proxy.corp:8443/", None),
+        ("socks5://proxy.corp:1080", "only http:// and https://"),
+        ("http://:3128", "no proxy host"),
+        ("http://proxy.corp:99999", "invalid port"),
+        ("http://proxy.corp:3128/path", "no path"),
+    ],
+)
+def test_proxy_url_check(url: str, problem: str | None) -> None:
+    """--proxy takes an http(s) CONNECT proxy URL; anything else says what is wrong."""
+    if problem is None:
+        check_proxy_url(url)
+        return
+    with pytest.raises(ValueError, match=problem):
+        check_proxy_url(url)

@@ -7,7 +7,7 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request
 
 from common.protocol import Failure
-from server.badinput import handshake_problem, query_problem
+from server.badinput import handshake_problem, parse_error_rejection, query_problem
 
 
 @pytest.mark.parametrize(
@@ -40,7 +40,10 @@ def test_query_problem(query: str, token: bytes | None, reason: str | None) -> N
 
 def request(method: str = "GET", protocol: str = "HTTP/1.1", **headers: str) -> Request:
     base = {"Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==", "Sec-WebSocket-Version": "13"}
-    return Request("/", Headers({**base, **headers}), method=method, protocol=protocol)
+    req = Request("/", Headers({**base, **headers}))
+    # Set after construction: websockets before 17 has no such fields.
+    req.method, req.protocol = method, protocol
+    return req
 
 
 def status(req: Request) -> int | None:
@@ -55,3 +58,55 @@ def test_handshake_problem() -> None:
     assert status(request(protocol="HTTP/1.0")) == 505
     assert status(Request("/", Headers({"Sec-WebSocket-Version": "13"}))) == 400
     assert status(request(**{"Sec-WebSocket-Version": "8"})) == 426
+
+
+def test_handshake_problem_without_method_fields() -> None:
+    """A request of websockets before 17 (no method, no protocol) is a plain GET."""
+    req = Request("/", Headers({"Sec-WebSocket-Key": "x", "Sec-WebSocket-Version": "13"}))
+    for name in ("method", "protocol"):
+        if name in vars(req):
+            delattr(req, name)
+    assert status(req) is None
+
+
+def _raised(message: str, context: BaseException | None = None) -> ValueError:
+    """An exception as websockets raises it, with ``context`` as what it handled."""
+    try:
+        try:
+            if context is not None:
+                raise context
+        finally:
+            raise ValueError(message)
+    except ValueError as exc:
+        return exc
+
+
+@pytest.mark.parametrize(
+    ("cause", "lines_read", "status", "reason"),
+    [
+        # What websockets before 17 raises while parsing: the answers of 17.
+        (_raised("unsupported HTTP method; expected GET; got POST"), 0, 405, "use GET"),
+        (_raised("unsupported protocol; expected HTTP/1.1: GET / HTTP/1.0"), 0, 505, "HTTP/1.1"),
+        (
+            _raised("line too long", RuntimeError("read 9000 bytes, expected no more than 8192")),
+            0,
+            414,
+            "8192",
+        ),
+        (_raised("line too long", RuntimeError("read 9000, no more than 8192")), 3, 431, "8192"),
+        (_raised("too many HTTP headers"), 129, 431, "128 headers"),
+        # And what every release raises.
+        (_raised("unsupported protocol; expected HTTP/1.1: PRI * HTTP/2.0"), 0, 400, "protocol"),
+        (UnicodeDecodeError("ascii", b"\xc3", 0, 1, "no"), 0, 400, "not ASCII"),
+        (_raised("invalid HTTP header line: X\x01"), 1, 400, "invalid HTTP header line"),
+        (None, 0, 400, "malformed request"),
+    ],
+)
+def test_parse_error_rejection(
+    cause: BaseException | None, lines_read: int, status: int, reason: str
+) -> None:
+    """An unparseable request gets the same answer whatever websockets release parsed it."""
+    rejection = parse_error_rejection(cause, lines_read)
+    assert rejection.status == status
+    assert reason in rejection.reason
+    assert "\x01" not in rejection.reason
