@@ -11,9 +11,14 @@ from urllib.parse import urlsplit
 
 import click
 
-from common import __version__
-from common.errors import TargetError
-from common.options import (
+from wstun.client.forward import ClientConfig, Forward, parse_forward, run_client
+from wstun.client.headers import parse_header
+from wstun.client.socks import Credentials, SocksProxy
+from wstun.client.stdio import stdio_main
+from wstun.client.tls import client_tls_context
+from wstun.common import __version__
+from wstun.common.errors import TargetError
+from wstun.common.options import (
     ENV_PREFIX,
     LISTEN,
     TARGET,
@@ -21,14 +26,8 @@ from common.options import (
     load_token,
     seconds_or_off,
 )
-from common.protocol import Target, build_tunnel_url
-from common.runtime import configure_logging, install_stop_signals, run
-
-from .forward import ClientConfig, Forward, parse_forward, run_client
-from .headers import parse_header
-from .socks import Credentials, SocksProxy
-from .stdio import stdio_main
-from .tls import client_tls_context
+from wstun.common.protocol import Target, build_tunnel_url
+from wstun.common.runtime import configure_logging, install_stop_signals, run
 
 __all__ = ["main"]
 

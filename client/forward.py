@@ -23,10 +23,12 @@ from websockets.asyncio.server import Server
 from websockets.exceptions import InvalidHandshake, InvalidStatus, ProxyError
 from websockets.typing import Subprotocol
 
-from common import __version__
-from common.errors import HandshakeError, TargetError, describe_os_error
-from common.metrics import TunnelMetrics, serve_metrics
-from common.protocol import (
+from wstun.client.socks import SocksProxy, serve_socks_connection
+from wstun.client.tls import describe_tls_error
+from wstun.common import __version__
+from wstun.common.errors import HandshakeError, TargetError, describe_os_error
+from wstun.common.metrics import TunnelMetrics, serve_metrics
+from wstun.common.protocol import (
     AUTHORIZATION_HEADER,
     SUBPROTOCOL,
     Target,
@@ -36,8 +38,8 @@ from common.protocol import (
     parse_port,
     parse_target,
 )
-from common.report import TunnelReport, format_peer, new_tunnel_id, relay_and_report
-from common.streams import (
+from wstun.common.report import TunnelReport, format_peer, new_tunnel_id, relay_and_report
+from wstun.common.streams import (
     DEFAULT_READ_SIZE,
     WS_OPTIONS,
     TcpStream,
@@ -45,9 +47,6 @@ from common.streams import (
     WebSocketStream,
     tcp_protocol_factory,
 )
-
-from .socks import SocksProxy, serve_socks_connection
-from .tls import describe_tls_error
 
 __all__ = [
     "ClientConfig",

@@ -25,11 +25,11 @@ import struct
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from common.errors import HandshakeError, StreamError
-from common.metrics import TunnelMetrics
-from common.protocol import Target
-from common.report import TunnelReport, new_tunnel_id, relay_and_report
-from common.streams import ByteStream
+from wstun.common.errors import HandshakeError, StreamError
+from wstun.common.metrics import TunnelMetrics
+from wstun.common.protocol import Target
+from wstun.common.report import TunnelReport, new_tunnel_id, relay_and_report
+from wstun.common.streams import ByteStream
 
 __all__ = [
     "HANDSHAKE_TIMEOUT",

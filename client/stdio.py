@@ -37,16 +37,15 @@ import sys
 import threading
 from typing import TYPE_CHECKING, Any, cast
 
-from common.errors import HandshakeError, StreamBroken, StreamClosed, describe_os_error
-from common.protocol import Target
-from common.report import TunnelReport, new_tunnel_id, relay_and_report
-from common.runtime import install_stop_signals
-from common.streams import ByteStream, check_writable
-
-from .forward import open_tunnel
+from wstun.client.forward import open_tunnel
+from wstun.common.errors import HandshakeError, StreamBroken, StreamClosed, describe_os_error
+from wstun.common.protocol import Target
+from wstun.common.report import TunnelReport, new_tunnel_id, relay_and_report
+from wstun.common.runtime import install_stop_signals
+from wstun.common.streams import ByteStream, check_writable
 
 if TYPE_CHECKING:
-    from .forward import ClientConfig
+    from wstun.client.forward import ClientConfig
 
 __all__ = [
     "HANGUP_GRACE",

@@ -22,8 +22,8 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
-from .protocol import Target, format_target
-from .report import TunnelReport
+from wstun.common.protocol import Target, format_target
+from wstun.common.report import TunnelReport
 
 __all__ = ["METRICS_PATH", "TunnelMetrics", "serve_metrics"]
 

@@ -9,8 +9,8 @@ from typing import Any, TypeVar
 
 import click
 
-from .errors import TargetError
-from .protocol import Target, parse_listen, parse_target
+from wstun.common.errors import TargetError
+from wstun.common.protocol import Target, parse_listen, parse_target
 
 __all__ = [
     "ENV_PREFIX",

@@ -12,7 +12,7 @@ import ipaddress
 import re
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
-from .errors import TargetError
+from wstun.common.errors import TargetError
 
 __all__ = [
     "AUTHORIZATION_HEADER",

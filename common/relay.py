@@ -22,8 +22,8 @@ import asyncio
 import dataclasses
 import enum
 
-from .errors import IdleTimeout, RelayError, StreamBroken, TunnelError
-from .streams import DEFAULT_READ_SIZE, ByteStream
+from wstun.common.errors import IdleTimeout, RelayError, StreamBroken, TunnelError
+from wstun.common.streams import DEFAULT_READ_SIZE, ByteStream
 
 __all__ = ["Transfer", "TransferState", "copy_bidirectional"]
 

@@ -9,9 +9,9 @@ import logging
 import time
 from typing import Protocol
 
-from .errors import IdleTimeout, RelayError
-from .relay import copy_bidirectional
-from .streams import ByteStream
+from wstun.common.errors import IdleTimeout, RelayError
+from wstun.common.relay import copy_bidirectional
+from wstun.common.streams import ByteStream
 
 __all__ = ["TunnelCounter", "TunnelReport", "format_peer", "new_tunnel_id", "relay_and_report"]
 

@@ -41,8 +41,8 @@ try:
 except ImportError:  # pragma: no cover - websockets built without its C extension
     from websockets.utils import apply_mask
 
-from .errors import StreamBroken, StreamClosed, describe_os_error
-from .protocol import CLEAN_CLOSE_CODES, EOF_MARKER, CloseCode, Target
+from wstun.common.errors import StreamBroken, StreamClosed, describe_os_error
+from wstun.common.protocol import CLEAN_CLOSE_CODES, EOF_MARKER, CloseCode, Target
 
 __all__ = [
     "DEFAULT_READ_SIZE",

@@ -22,10 +22,10 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
-from common import __version__
-from common.errors import describe_os_error
-from common.metrics import serve_metrics
-from common.protocol import (
+from wstun.common import __version__
+from wstun.common.errors import describe_os_error
+from wstun.common.metrics import serve_metrics
+from wstun.common.protocol import (
     AUTHORIZATION_HEADER,
     SUBPROTOCOL,
     Failure,
@@ -38,8 +38,8 @@ from common.protocol import (
     path_matches,
     target_from_query,
 )
-from common.report import TunnelReport, format_peer, new_tunnel_id, relay_and_report
-from common.streams import (
+from wstun.common.report import TunnelReport, format_peer, new_tunnel_id, relay_and_report
+from wstun.common.streams import (
     DEFAULT_READ_SIZE,
     WS_MAX_SIZE,
     WS_OPTIONS,
@@ -47,13 +47,12 @@ from common.streams import (
     TunnelServerConnection,
     WebSocketStream,
 )
-
-from .badinput import NOT_ASCII, connection_class, handshake_problem, query_problem
-from .forwarded import FORWARDED_FOR_HEADER, REAL_IP_HEADER, TrustedProxies
-from .limits import ConnectionLimits, client_host
-from .metrics import ServerMetrics
-from .policy import Policy
-from .targets import Resolver, dial_first, resolve
+from wstun.server.badinput import NOT_ASCII, connection_class, handshake_problem, query_problem
+from wstun.server.forwarded import FORWARDED_FOR_HEADER, REAL_IP_HEADER, TrustedProxies
+from wstun.server.limits import ConnectionLimits, client_host
+from wstun.server.metrics import ServerMetrics
+from wstun.server.policy import Policy
+from wstun.server.targets import Resolver, dial_first, resolve
 
 __all__ = ["ServerConfig", "TunnelServer", "run_server"]
 

@@ -23,9 +23,9 @@ from websockets.http11 import MAX_NUM_HEADERS, Request, Response
 from websockets.protocol import CONNECTING
 from websockets.server import ServerProtocol
 
-from common.protocol import Failure, HandshakeRejection
-from common.report import format_peer
-from common.streams import TunnelServerConnection
+from wstun.common.protocol import Failure, HandshakeRejection
+from wstun.common.report import format_peer
+from wstun.common.streams import TunnelServerConnection
 
 __all__ = [
     "CREDENTIAL_KEYS",

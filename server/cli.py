@@ -10,18 +10,24 @@ from pathlib import Path
 
 import click
 
-from common import __version__
-from common.errors import TargetError
-from common.options import ENV_PREFIX, LISTEN, TARGET, common_options, load_token, seconds_or_off
-from common.protocol import Target, normalize_prefix
-from common.runtime import configure_logging, install_stop_signals, run
-from common.streams import WS_MAX_SIZE
-
-from .app import ServerConfig, run_server
-from .forwarded import TrustedProxies
-from .policy import Policy, load_policy_file
-from .tls import server_tls_context
-from .workers import run_workers
+from wstun.common import __version__
+from wstun.common.errors import TargetError
+from wstun.common.options import (
+    ENV_PREFIX,
+    LISTEN,
+    TARGET,
+    common_options,
+    load_token,
+    seconds_or_off,
+)
+from wstun.common.protocol import Target, normalize_prefix
+from wstun.common.runtime import configure_logging, install_stop_signals, run
+from wstun.common.streams import WS_MAX_SIZE
+from wstun.server.app import ServerConfig, run_server
+from wstun.server.forwarded import TrustedProxies
+from wstun.server.policy import Policy, load_policy_file
+from wstun.server.tls import server_tls_context
+from wstun.server.workers import run_workers
 
 __all__ = ["main"]
 

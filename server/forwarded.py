@@ -28,7 +28,7 @@ import enum
 import ipaddress
 from collections.abc import Iterable, Sequence
 
-from .addresses import IPAddress, IPNetwork, parse_ip
+from wstun.server.addresses import IPAddress, IPNetwork, parse_ip
 
 __all__ = [
     "FORWARDED_FOR_HEADER",

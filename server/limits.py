@@ -12,7 +12,7 @@ import collections
 import contextlib
 import ipaddress
 
-from common.protocol import Failure, HandshakeRejection
+from wstun.common.protocol import Failure, HandshakeRejection
 
 __all__ = ["ConnectionLimits", "client_host"]
 

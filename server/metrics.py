@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Histogram
 
-from common.metrics import TunnelMetrics
-
-from .forwarded import Source
+from wstun.common.metrics import TunnelMetrics
+from wstun.server.forwarded import Source
 
 __all__ = ["DIAL_BUCKETS", "ServerMetrics"]
 

@@ -36,10 +36,9 @@ import tomllib
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from common.errors import TargetError
-from common.protocol import Target, format_target, parse_port, parse_target
-
-from .addresses import IPAddress, IPNetwork, parse_ip
+from wstun.common.errors import TargetError
+from wstun.common.protocol import Target, format_target, parse_port, parse_target
+from wstun.server.addresses import IPAddress, IPNetwork, parse_ip
 
 __all__ = [
     "BUILTIN_DENY",

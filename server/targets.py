@@ -12,7 +12,7 @@ import asyncio
 import socket
 from collections.abc import Awaitable, Callable, Sequence
 
-from common.streams import TcpStream, open_tcp
+from wstun.common.streams import TcpStream, open_tcp
 
 __all__ = ["Resolver", "dial_first", "resolve"]
 

@@ -21,9 +21,8 @@ import socket
 import traceback
 from collections.abc import Callable
 
-from common.protocol import Target
-
-from .app import ServerConfig
+from wstun.common.protocol import Target
+from wstun.server.app import ServerConfig
 
 __all__ = ["run_workers"]
 

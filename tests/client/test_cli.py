@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from client.cli import check_proxy_url, main
+from wstun.client.cli import check_proxy_url, main
 
 
 def run(args: list[str], env: dict[str, str] | None = None) -> tuple[int, str]:

@@ -6,9 +6,9 @@ import logging
 
 import pytest
 
-from client.forward import FailureLog, Forward, parse_forward
-from common.errors import TargetError
-from common.protocol import Target
+from wstun.client.forward import FailureLog, Forward, parse_forward
+from wstun.common.errors import TargetError
+from wstun.common.protocol import Target
 
 
 @pytest.mark.parametrize(

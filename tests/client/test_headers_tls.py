@@ -9,9 +9,9 @@ import pytest
 import trustme
 from click.testing import CliRunner
 
-from client.cli import main
-from client.headers import parse_header
-from client.tls import client_tls_context, describe_tls_error
+from wstun.client.cli import main
+from wstun.client.headers import parse_header
+from wstun.client.tls import client_tls_context, describe_tls_error
 
 
 def test_header_parsed() -> None:

@@ -6,7 +6,7 @@ import struct
 
 import pytest
 
-from client.socks import (
+from wstun.client.socks import (
     AddressType,
     Credentials,
     Greeting,
@@ -25,7 +25,7 @@ from client.socks import (
     reply_for_status,
     select_method,
 )
-from common.protocol import Target
+from wstun.common.protocol import Target
 
 
 def every_prefix(message: bytes) -> list[bytes]:

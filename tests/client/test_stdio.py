@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from client.stdio import StdioStream, uses_pipe_transport
-from common.errors import StreamBroken, StreamClosed
+from wstun.client.stdio import StdioStream, uses_pipe_transport
+from wstun.common.errors import StreamBroken, StreamClosed
 
 TIMEOUT = 10.0
 

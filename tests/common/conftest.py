@@ -12,8 +12,8 @@ from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.typing import Subprotocol
 
-from common.protocol import SUBPROTOCOL
-from common.streams import (
+from wstun.common.protocol import SUBPROTOCOL
+from wstun.common.streams import (
     WS_OPTIONS,
     ByteStream,
     TcpStream,

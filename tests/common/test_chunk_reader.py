@@ -11,7 +11,7 @@ import pytest
 from websockets.frames import Frame, Opcode
 from websockets.streams import StreamReader
 
-from common.streams import _ChunkReader
+from wstun.common.streams import _ChunkReader
 
 SIZES = [0, 1, 125, 126, 127, 65535, 65536, 262144, 300001]
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 
-from common.streams import ByteStream
+from wstun.common.streams import ByteStream
 
 from .conftest import StreamPair
 

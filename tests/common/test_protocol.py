@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from common.errors import TargetError
-from common.protocol import (
+from wstun.common.errors import TargetError
+from wstun.common.protocol import (
     SUBPROTOCOL,
     Failure,
     HandshakeRejection,

@@ -17,10 +17,10 @@ from typing import Any, TypeVar
 
 import pytest
 
-from common import relay as relay_module
-from common.errors import IdleTimeout, RelayError, StreamBroken, StreamClosed
-from common.relay import Transfer, TransferState, copy_bidirectional
-from common.streams import ByteStream, TcpStream
+from wstun.common import relay as relay_module
+from wstun.common.errors import IdleTimeout, RelayError, StreamBroken, StreamClosed
+from wstun.common.relay import Transfer, TransferState, copy_bidirectional
+from wstun.common.streams import ByteStream, TcpStream
 
 from .conftest import MakePair
 

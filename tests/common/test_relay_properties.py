@@ -15,9 +15,9 @@ import itertools
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from common.errors import RelayError, StreamBroken, StreamClosed
-from common.relay import copy_bidirectional
-from common.streams import ByteStream
+from wstun.common.errors import RelayError, StreamBroken, StreamClosed
+from wstun.common.relay import copy_bidirectional
+from wstun.common.streams import ByteStream
 
 
 class ScriptedStream(ByteStream):

@@ -15,9 +15,9 @@ from typing import TypeVar
 import pytest
 from websockets.exceptions import ConnectionClosedError
 
-from common.errors import StreamBroken, StreamClosed
-from common.protocol import CloseCode
-from common.streams import ByteStream, WebSocketStream
+from wstun.common.errors import StreamBroken, StreamClosed
+from wstun.common.protocol import CloseCode
+from wstun.common.streams import ByteStream, WebSocketStream
 
 from .conftest import MakePair, StreamPair
 

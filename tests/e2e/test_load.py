@@ -20,11 +20,11 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
 
-from client.forward import ClientConfig, Forward, TunnelClient
-from common.protocol import Target
-from common.runtime import run
-from server.app import ServerConfig, TunnelServer
-from server.policy import Policy
+from wstun.client.forward import ClientConfig, Forward, TunnelClient
+from wstun.common.protocol import Target
+from wstun.common.runtime import run
+from wstun.server.app import ServerConfig, TunnelServer
+from wstun.server.policy import Policy
 
 T = TypeVar("T")
 

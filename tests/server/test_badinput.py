@@ -6,8 +6,8 @@ import pytest
 from websockets.datastructures import Headers
 from websockets.http11 import Request
 
-from common.protocol import Failure
-from server.badinput import handshake_problem, parse_error_rejection, query_problem
+from wstun.common.protocol import Failure
+from wstun.server.badinput import handshake_problem, parse_error_rejection, query_problem
 
 
 @pytest.mark.parametrize(

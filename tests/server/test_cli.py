@@ -8,7 +8,7 @@ import pytest
 import trustme
 from click.testing import CliRunner
 
-from server.cli import main
+from wstun.server.cli import main
 
 
 def run(args: list[str], env: dict[str, str] | None = None) -> tuple[int, str]:

@@ -9,10 +9,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 import pytest
 
-from common.protocol import Target
-from server.app import ServerConfig, TunnelServer
-from server.policy import Policy
-from server.targets import Resolver, resolve
+from wstun.common.protocol import Target
+from wstun.server.app import ServerConfig, TunnelServer
+from wstun.server.policy import Policy
+from wstun.server.targets import Resolver, resolve
 
 Start = Callable[..., Awaitable[int]]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from server.forwarded import ClientAddress, Source, TrustedProxies, parse_address
+from wstun.server.forwarded import ClientAddress, Source, TrustedProxies, parse_address
 
 NGINX = TrustedProxies(["10.0.0.0/8", "fd00::/8"])
 

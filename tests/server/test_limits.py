@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from server.limits import ConnectionLimits, client_host
+from wstun.server.limits import ConnectionLimits, client_host
 
 
 @pytest.mark.parametrize(

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from common.errors import TargetError
-from common.protocol import Target, parse_target
-from server.policy import Policy, load_policy_file, parse_rule
+from wstun.common.errors import TargetError
+from wstun.common.protocol import Target, parse_target
+from wstun.server.policy import Policy, load_policy_file, parse_rule
 
 
 def decide(

@@ -8,9 +8,9 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from common.errors import TargetError
-from common.protocol import Target, format_target, parse_target
-from server.policy import BUILTIN_DENY, Policy, parse_rule
+from wstun.common.errors import TargetError
+from wstun.common.protocol import Target, format_target, parse_target
+from wstun.server.policy import BUILTIN_DENY, Policy, parse_rule
 
 label = st.from_regex(r"[a-z0-9]([a-z0-9-]{0,10}[a-z0-9])?", fullmatch=True)
 hostnames = st.lists(label, min_size=1, max_size=4).map(".".join)
