@@ -42,7 +42,7 @@ from wstun.common.errors import HandshakeError, StreamBroken, StreamClosed, desc
 from wstun.common.protocol import Target
 from wstun.common.report import TunnelReport, new_tunnel_id, relay_and_report
 from wstun.common.runtime import install_stop_signals
-from wstun.common.streams import ByteStream, check_writable
+from wstun.common.streams import ByteStream, StreamState, check_writable
 
 if TYPE_CHECKING:
     from wstun.client.forward import ClientConfig
@@ -414,8 +414,8 @@ class StdioStream(ByteStream):
     ) -> None:
         self._reader = reader
         self._writer = writer
-        self._eof_sent = False
-        self._closed = False
+        # What this side did: write_eof(), then close() or abort().
+        self._state = StreamState.OPEN
 
     @classmethod
     async def from_fds(cls, read_fd: int, write_fd: int) -> StdioStream:
@@ -436,34 +436,34 @@ class StdioStream(ByteStream):
     async def read(self, max_bytes: int) -> bytes:
         if max_bytes <= 0:
             raise ValueError("max_bytes must be positive")
-        if self._closed:
+        if self._state is StreamState.CLOSED:
             raise StreamClosed("read from a closed stream")
         return await self._reader.read(max_bytes)
 
     async def write(self, data: bytes) -> int:
-        check_writable(data, closed=self._closed, eof_sent=self._eof_sent)
+        check_writable(data, self._state)
         await self._writer.write(data)
-        if self._closed:
+        if self._state is StreamState.CLOSED:
             raise StreamClosed("stream closed while the write waited to drain")
         return len(data)
 
     async def write_eof(self) -> None:
-        if self._eof_sent or self._closed:
+        if self._state is not StreamState.OPEN:
             return
-        self._eof_sent = True
+        self._state = StreamState.EOF_SENT
         self._writer.finish()
 
     async def close(self) -> None:
-        if self._closed:
+        if self._state is StreamState.CLOSED:
             return
-        self._closed = True
+        self._state = StreamState.CLOSED
         self._reader.close()
         await self._writer.close()
 
     async def abort(self, reason: str = "") -> None:
-        if self._closed:
+        if self._state is StreamState.CLOSED:
             return
-        self._closed = True
+        self._state = StreamState.CLOSED
         self._reader.close()
         self._writer.abort()
 

@@ -44,10 +44,11 @@ from wstun.common.streams import (
     WS_MAX_SIZE,
     WS_OPTIONS,
     TcpStream,
-    TunnelServerConnection,
     WebSocketStream,
 )
-from wstun.server.badinput import NOT_ASCII, connection_class, handshake_problem, query_problem
+from wstun.common.streams.internals import lost_waiter
+from wstun.server.badinput import NOT_ASCII, handshake_problem, query_problem
+from wstun.server.connection import HandshakeConnection, connection_class
 from wstun.server.forwarded import FORWARDED_FOR_HEADER, REAL_IP_HEADER, TrustedProxies
 from wstun.server.limits import ConnectionLimits, client_host
 from wstun.server.metrics import ServerMetrics
@@ -112,7 +113,7 @@ class TunnelServer:
 
     # Handshake: every check, then the dial, before 101.
 
-    def _client_peer(self, connection: TunnelServerConnection, request: Request) -> str:
+    def _client_peer(self, connection: HandshakeConnection, request: Request) -> str:
         """The real client's address as ``host:port``, for logs and limits.
 
         Everything that logs or limits by client address goes through here.
@@ -132,9 +133,7 @@ class TunnelServer:
         self.metrics.client_address.labels(client.source.value).inc()
         return str(client)
 
-    def _reject(
-        self, connection: TunnelServerConnection, rejection: HandshakeRejection
-    ) -> Response:
+    def _reject(self, connection: HandshakeConnection, rejection: HandshakeRejection) -> Response:
         peer = connection.client_peer
         self.metrics.handshake_failed(rejection.status)
         logger.info(
@@ -218,7 +217,7 @@ class TunnelServer:
     async def process_request(
         self, connection: ServerConnection, request: Request
     ) -> Response | None:
-        assert isinstance(connection, TunnelServerConnection)
+        assert isinstance(connection, HandshakeConnection)
         connection.client_peer = self._client_peer(connection, request)
         url = urlsplit(request.path)
         if is_health_path(url.path, self.config.path) and "Upgrade" not in request.headers:
@@ -236,7 +235,7 @@ class TunnelServer:
         refused = self.limits.acquire(client)
         if refused is not None:
             return self._reject(connection, refused)
-        connection.connection_lost_waiter.add_done_callback(lambda _: self.limits.release(client))
+        lost_waiter(connection).add_done_callback(lambda _: self.limits.release(client))
         dialled = await self._dial(checked)
         if isinstance(dialled, HandshakeRejection):
             return self._reject(connection, dialled)
@@ -247,7 +246,7 @@ class TunnelServer:
     # After 101: the tunnel itself.
 
     async def handler(self, connection: ServerConnection) -> None:
-        assert isinstance(connection, TunnelServerConnection)
+        assert isinstance(connection, HandshakeConnection)
         target_stream, connection.target_stream = connection.target_stream, None
         if target_stream is None:  # the handshake was refused after all
             return

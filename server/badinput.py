@@ -1,42 +1,32 @@
-"""Clear answers for bad requests, and every refusal routed through one place.
+"""The pure checks a request passes before the server dials, and the answers to bad ones.
 
-websockets answers some malformed requests itself (414 for a request line
-over 8 KiB, 431 for oversized or too many headers, 400 when an upgrade
-lacks its key) and closes the connection *without any answer* when the
-request can't be parsed at all (garbage bytes, a broken request line).
-HTTP allows a ``400 Bad Request`` there, so :class:`AnsweringConnection`
-gives one, and hands every non-101 answer websockets makes on its own to the
-server's ``_reject``, so refusals are logged (and counted) in one place.
-
-:func:`query_problem` and :func:`handshake_problem` are the pure checks the
-server applies to the query string and the upgrade headers before it dials.
+:func:`query_problem` and :func:`handshake_problem` are applied to the query
+string and the upgrade headers; :func:`parse_failure_rejection` answers a
+request websockets could not parse at all (the hooks that deliver it are in
+:mod:`wstun.server.connection`). The answers are the same whichever
+websockets release parsed the request.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
 from urllib.parse import parse_qsl
 
-from websockets.exceptions import InvalidMessage
-from websockets.http11 import MAX_NUM_HEADERS, Request, Response
-from websockets.protocol import CONNECTING
-from websockets.server import ServerProtocol
+from websockets.http11 import Request
 
 from wstun.common.protocol import Failure, HandshakeRejection
-from wstun.common.report import format_peer
-from wstun.common.streams import TunnelServerConnection
+from wstun.common.streams.internals import (
+    ParseFailure,
+    ParseProblem,
+    request_line,
+)
 
 __all__ = [
     "CREDENTIAL_KEYS",
     "MAX_QUERY_FIELDS",
     "MAX_QUERY_LENGTH",
     "NOT_ASCII",
-    "AnsweringConnection",
-    "Reject",
-    "connection_class",
     "handshake_problem",
-    "parse_error_rejection",
+    "parse_failure_rejection",
     "query_problem",
 ]
 
@@ -62,9 +52,6 @@ CREDENTIAL_KEYS = frozenset(
         "secret",
     }
 )
-
-#: ``(connection, rejection) -> response``: the server's one refusal path.
-Reject = Callable[[TunnelServerConnection, HandshakeRejection], Response]
 
 
 def query_problem(query: str, token: bytes | None) -> HandshakeRejection | None:
@@ -113,12 +100,13 @@ def handshake_problem(request: Request) -> HandshakeRejection | None:
 
     websockets before 17 has no ``method`` or ``protocol`` on a request: it
     parses only ``GET ... HTTP/1.1`` and refuses the rest while parsing
-    (:func:`parse_error_rejection` gives those the same answers).
+    (:func:`parse_failure_rejection` gives those the same answers).
     """
     headers = request.headers
-    if getattr(request, "method", "GET") != "GET":
+    method, protocol = request_line(request)
+    if method != "GET":
         return _WRONG_METHOD
-    if getattr(request, "protocol", "HTTP/1.1") != "HTTP/1.1":
+    if protocol != "HTTP/1.1":
         return _WRONG_PROTOCOL
     if "Sec-WebSocket-Key" not in headers:
         return HandshakeRejection(Failure.BAD_REQUEST, "missing Sec-WebSocket-Key header")
@@ -129,117 +117,28 @@ def handshake_problem(request: Request) -> HandshakeRejection | None:
     return None
 
 
-def _first_line(body: bytes) -> str:
-    text = body.decode("utf-8", errors="replace").strip()
-    return text.splitlines()[0] if text else "bad request"
+_PARSE_FAILURES = {
+    ParseProblem.WRONG_METHOD: _WRONG_METHOD,
+    ParseProblem.HTTP_1_0: _WRONG_PROTOCOL,
+    ParseProblem.NOT_ASCII: NOT_ASCII,
+}
+_TOO_LARGE = {
+    ParseProblem.REQUEST_LINE_TOO_LONG: Failure.URI_TOO_LONG,
+    ParseProblem.HEADER_LINE_TOO_LONG: Failure.HEADERS_TOO_LARGE,
+    ParseProblem.TOO_MANY_HEADERS: Failure.HEADERS_TOO_LARGE,
+}
 
 
-# What websockets before 17 raises, while parsing, for what 17 parses and
-# answers itself (414, 431) or leaves to the server (the method, HTTP/1.0).
-_OLD_METHOD_ERROR = "unsupported HTTP method; expected GET; got "
-_OLD_PROTOCOL_ERROR = "unsupported protocol; expected HTTP/1.1: "
-_OLD_LINE_TOO_LONG = "line too long"
-_OLD_TOO_MANY_HEADERS = "too many HTTP headers"
-
-
-def parse_error_rejection(cause: BaseException | None, lines_read: int) -> HandshakeRejection:
+def parse_failure_rejection(failure: ParseFailure) -> HandshakeRejection:
     """The answer to a request websockets could not parse, the same on every release.
 
-    ``lines_read`` is how many whole lines the reader had handed out, to tell
-    a request line that is too long (414) from a header line (431).
     The reason never quotes the request: it may hold a secret or control bytes.
     """
-    text = str(cause) if cause is not None else ""
-    if text.startswith(_OLD_METHOD_ERROR):
-        return _WRONG_METHOD
-    if text.startswith(_OLD_PROTOCOL_ERROR) and text.endswith(" HTTP/1.0"):
-        return _WRONG_PROTOCOL
-    if text == _OLD_LINE_TOO_LONG and cause is not None:
-        failure = Failure.URI_TOO_LONG if lines_read == 0 else Failure.HEADERS_TOO_LARGE
-        return HandshakeRejection(failure, str(cause.__context__ or text))
-    if text == _OLD_TOO_MANY_HEADERS:
-        return HandshakeRejection(
-            Failure.HEADERS_TOO_LARGE, f"expected no more than {MAX_NUM_HEADERS} headers"
-        )
-    if isinstance(cause, UnicodeError):
-        return NOT_ASCII
-    detail = text.partition(": ")[0] if cause is not None else "malformed request"
-    if not (detail.isprintable() and detail.isascii()):
-        detail = "malformed request"
+    problem, detail = failure
+    known = _PARSE_FAILURES.get(problem)
+    if known is not None:
+        return known
+    too_large = _TOO_LARGE.get(problem)
+    if too_large is not None:
+        return HandshakeRejection(too_large, detail)
     return HandshakeRejection(Failure.BAD_REQUEST, f"bad HTTP request: {detail}")
-
-
-class _AnsweringProtocol(ServerProtocol):
-    """websockets' server protocol, answering unparseable requests with 400."""
-
-    # Set by AnsweringConnection right after the class swap.
-    connection: AnsweringConnection
-    answered: bool
-
-    def send_response(self, response: Response) -> None:
-        connection = self.connection
-        if response.status_code != 101 and response is not connection.responded:
-            # websockets' own answer (414, 431, 400, 503 while closing...):
-            # through the server's refusal path, same status and reason.
-            try:
-                failure = Failure(response.status_code)
-            except ValueError:
-                pass
-            else:
-                reason = _first_line(bytes(response.body or b"")).removeprefix(
-                    "Failed to open a WebSocket connection: "
-                )
-                rejection = HandshakeRejection(failure, reason.rstrip("."))
-                response = connection.reject_via_server(rejection)
-        self.answered = True
-        super().send_response(response)
-
-    def send_eof(self) -> None:
-        exc = self.handshake_exc
-        if self.state is CONNECTING and not self.answered and isinstance(exc, InvalidMessage):
-            # Handled here: websockets before 17 would re-raise it from the
-            # handshake and log it as an error with a traceback.
-            self.handshake_exc = None
-            if not isinstance(exc.__cause__, EOFError):  # the client left: nobody to answer
-                # Unparseable request: websockets would just close. Say why first.
-                lines_read = getattr(self.reader, "lines_read", 0)
-                rejection = parse_error_rejection(exc.__cause__, lines_read)
-                self.send_response(self.connection.reject_via_server(rejection))
-                return  # send_response ends with send_eof(), which lands below
-        super().send_eof()
-
-
-class AnsweringConnection(TunnelServerConnection):
-    """A server connection whose every refusal goes through the server's ``_reject``.
-
-    Subclass it per server with :func:`connection_class`, which sets
-    ``server_reject``.
-    """
-
-    server_reject: Reject
-
-    def __init__(self, protocol: ServerProtocol, *args: Any, **kwargs: Any) -> None:
-        # A subclass that only overrides methods: swapping the class of the
-        # protocol websockets built is safe and keeps all its state.
-        protocol.__class__ = _AnsweringProtocol
-        assert isinstance(protocol, _AnsweringProtocol)
-        protocol.connection = self
-        protocol.answered = False
-        super().__init__(protocol, *args, **kwargs)
-        # The last response made by respond(): ours, already through _reject.
-        self.responded: Response | None = None
-
-    def respond(self, status: Any, text: str) -> Response:
-        self.responded = super().respond(status, text)
-        return self.responded
-
-    def reject_via_server(self, rejection: HandshakeRejection) -> Response:
-        """A refusal for a request the server never saw in ``process_request``."""
-        if self.client_peer == "-":
-            self.client_peer = format_peer(self.remote_address)
-        return type(self).server_reject(self, rejection)
-
-
-def connection_class(reject: Reject) -> type[AnsweringConnection]:
-    """An :class:`AnsweringConnection` class whose refusals go to ``reject``."""
-    return type("ServerConnection", (AnsweringConnection,), {"server_reject": staticmethod(reject)})

@@ -53,8 +53,10 @@ def test_wheel_installs_one_package_and_two_commands(tmp_path: Path) -> None:
         entry_points = archive.read(f"{DIST_INFO}/entry_points.txt").decode()
     assert {name.split("/")[0] for name in names} == {"wstun", DIST_INFO}
     for part in ("client", "server", "common"):
-        assert f"wstun/{part}/__init__.py" in names
         assert f"wstun/{part}/py.typed" in names
+        for module in (REPO / part).rglob("*.py"):
+            # Every module of the folder, subpackages included, is in the wheel.
+            assert f"wstun/{module.relative_to(REPO).as_posix()}" in names
     assert "wstun-client = wstun.client.cli:main" in entry_points
     assert "wstun-server = wstun.server.cli:main" in entry_points
 

@@ -11,7 +11,7 @@ import pytest
 from websockets.frames import Frame, Opcode
 from websockets.streams import StreamReader
 
-from wstun.common.streams import _ChunkReader
+from wstun.common.streams import ChunkReader
 
 SIZES = [0, 1, 125, 126, 127, 65535, 65536, 262144, 300001]
 
@@ -57,7 +57,7 @@ def test_frames_parse_the_same_as_websockets(mask: bool, seed: int) -> None:
     frames.append(Frame(Opcode.PING, b"ping"))
     wire = b"".join(f.serialize(mask=mask, extensions=[]) for f in frames)
     parsed = []
-    for reader_class in (StreamReader, _ChunkReader):
+    for reader_class in (StreamReader, ChunkReader):
         reader = reader_class()
         feed = pieces(wire, random.Random(seed))
 
@@ -74,7 +74,7 @@ def test_lines_and_rest_as_websockets_reads_them() -> None:
     """read_line, then read_exact, then read_to_eof: same bytes as the stock reader."""
     wire = b"HTTP/1.1 101 Switching\r\nUpgrade: websocket\r\n\r\n" + os.urandom(1000)
     results = []
-    for reader_class in (StreamReader, _ChunkReader):
+    for reader_class in (StreamReader, ChunkReader):
         reader = reader_class()
         for piece in pieces(wire, random.Random(1)):
             reader.feed_data(piece)
@@ -100,7 +100,7 @@ def test_lines_and_rest_as_websockets_reads_them() -> None:
 
 def test_errors_match_websockets() -> None:
     """A short stream and an over-long line fail the same way as the stock reader."""
-    for reader_class in (StreamReader, _ChunkReader):
+    for reader_class in (StreamReader, ChunkReader):
         reader = reader_class()
         reader.feed_data(b"abc")
         reader.feed_eof()

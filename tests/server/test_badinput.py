@@ -7,7 +7,8 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request
 
 from wstun.common.protocol import Failure
-from wstun.server.badinput import handshake_problem, parse_error_rejection, query_problem
+from wstun.common.streams.internals import parse_failure
+from wstun.server.badinput import handshake_problem, parse_failure_rejection, query_problem
 
 
 @pytest.mark.parametrize(
@@ -102,11 +103,11 @@ def _raised(message: str, context: BaseException | None = None) -> ValueError:
         (None, 0, 400, "malformed request"),
     ],
 )
-def test_parse_error_rejection(
+def test_parse_failure_rejection(
     cause: BaseException | None, lines_read: int, status: int, reason: str
 ) -> None:
     """An unparseable request gets the same answer whatever websockets release parsed it."""
-    rejection = parse_error_rejection(cause, lines_read)
+    rejection = parse_failure_rejection(parse_failure(cause, lines_read))
     assert rejection.status == status
     assert reason in rejection.reason
     assert "\x01" not in rejection.reason
