@@ -14,11 +14,11 @@ used anywhere. These are not promised and may move in any release:
   sink; the assembler ``Connection.recv_messages`` and its ``paused``,
   ``get_in_progress`` and ``frames``.
 - writing (:func:`write_frame_now`): ``Connection.transport``, ``paused``,
-  ``drain()``, ``send_in_progress`` (``fragmented_send_waiter`` before 16);
+  ``drain()``, ``send_in_progress``;
   ``Protocol.writes``, ``expect_continuation_frame``, ``extensions``;
   ``websockets.speedups.apply_mask`` (or ``websockets.utils``').
 - closing: ``Connection.connection_lost_waiter``,
-  ``Connection.protocol.close_exc`` (``Connection.close_exc`` is 16+).
+  ``Connection.protocol.close_exc``.
 - the server's handshake: its ``ServerProtocol`` gets its class swapped for
   a subclass whose ``send_response()`` and ``send_eof()`` route every answer
   through the server (:func:`route_answers`), reading ``handshake_exc``,
@@ -50,7 +50,6 @@ from websockets.http11 import MAX_NUM_HEADERS, Request, Response
 from websockets.protocol import CONNECTING, Event, Protocol, Side, State
 from websockets.server import ServerProtocol
 from websockets.streams import StreamReader
-from websockets.version import version as websockets_version
 
 try:
     from websockets.speedups import apply_mask
@@ -162,11 +161,6 @@ def recv_waits_on_nothing(connection: Connection) -> bool:
 
 # ------------------------------------------------------------------ writing
 
-# Before 16 the future of a send() under way had another name.
-_SEND_IN_PROGRESS = (
-    "send_in_progress" if int(websockets_version.split(".")[0]) >= 16 else "fragmented_send_waiter"
-)
-
 _HEADER_SHORT = struct.Struct("!BB")
 _HEADER_16 = struct.Struct("!BBH")
 _HEADER_64 = struct.Struct("!BBQ")
@@ -197,7 +191,7 @@ def write_frame_now(connection: Connection, data: bytes) -> bool:
         or protocol.writes
         or protocol.expect_continuation_frame
         or protocol.extensions
-        or getattr(connection, _SEND_IN_PROGRESS) is not None
+        or connection.send_in_progress is not None
     ):
         return False
     if protocol.side is Side.CLIENT:
@@ -367,7 +361,7 @@ _EXPECTED = (
     *(f"connection.{name}" for name in ("recv_messages", "transport", "paused", "drain")),
     *(f"connection.{name}" for name in ("connection_lost_waiter", "data_received")),
     "connection.process_event",
-    f"connection.{_SEND_IN_PROGRESS}",
+    "connection.send_in_progress",
     *(f"connection.recv_messages.{name}" for name in ("paused", "get_in_progress", "frames")),
     *(f"reader.{name}" for name in ("read_line", "read_exact", "read_to_eof", "at_eof")),
     *(f"reader.{name}" for name in ("feed_data", "feed_eof", "discard", "eof", "buffer")),

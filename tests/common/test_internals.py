@@ -25,7 +25,6 @@ PRIVATE_NAMES = frozenset(
         "connection_lost_waiter",
         "close_exc",
         "send_in_progress",
-        "fragmented_send_waiter",
         "writes",
         "expect_continuation_frame",
         "extensions",
