@@ -195,14 +195,3 @@ async def make_pair() -> AsyncIterator[MakePair]:
         yield factory
     finally:
         await factory.aclose()
-
-
-@pytest.fixture(
-    params=[(kind, swap) for kind in KINDS for swap in (False, True)],
-    ids=[f"{kind}{'-swapped' if swap else ''}" for kind in KINDS for swap in (False, True)],
-)
-async def pair(request: pytest.FixtureRequest, make_pair: MakePair) -> StreamPair:
-    """A connected pair of each kind, in both orientations (client end left, then right)."""
-    kind, swap = request.param
-    made = await make_pair(kind)
-    return made.swapped() if swap else made

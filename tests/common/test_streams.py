@@ -1,141 +1,56 @@
-"""The ByteStream contract, checked against every adapter over real sockets.
+"""The ByteStream contract on TcpStream and WebSocketStream, plus what only WebSockets do.
 
-In the spirit of ``trio.testing.check_half_closeable_stream``: the same cases
-run against TcpStream, WebSocketStream with ``wstun.v1`` (EOF markers) and a
-plain WebSocketStream (no subprotocol: EOF is a close), each in both
-orientations.
+The contract itself is :mod:`tests.stream_contract`; here it runs against
+TcpStream, WebSocketStream with ``wstun.v1`` (EOF markers) and a plain
+WebSocketStream (no subprotocol: EOF is a close), over real sockets, each
+check in both orientations, on both event loops.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
-from typing import TypeVar
 
 import pytest
 from websockets.exceptions import ConnectionClosedError
 
-from wstun.common.errors import StreamBroken, StreamClosed
+from tests.stream_contract import (
+    StreamTraits,
+    applicable,
+    bounded,
+    check_byte_stream,
+    read_exactly,
+    read_to_eof,
+)
+from wstun.common.errors import StreamBroken
 from wstun.common.protocol import CloseCode
 from wstun.common.streams import ByteStream, WebSocketStream
 
-from .conftest import MakePair, StreamPair
-
-T = TypeVar("T")
-
-# Bound on any single wait for something the peer does.
-TIMEOUT = 5.0
+from .conftest import KINDS, MakePair, StreamPair
 
 # Keepalive settings small enough to see several rounds in a second.
 PING_INTERVAL = 0.2
 PING_TIMEOUT = 0.3
 
 
-async def bounded(awaitable: Awaitable[T]) -> T:
-    return await asyncio.wait_for(awaitable, TIMEOUT)
+TRAITS = {
+    "tcp": StreamTraits(),
+    "ws-v1": StreamTraits(),
+    # Without wstun.v1 there is no in-band EOF: write_eof is a close (tested below).
+    "ws-plain": StreamTraits(half_close=False),
+}
 
 
-async def read_exactly(stream: ByteStream, size: int, max_bytes: int = 65536) -> bytes:
-    """Read exactly ``size`` bytes; fail on a premature EOF."""
-    received = bytearray()
-    while len(received) < size:
-        chunk = await bounded(stream.read(max_bytes))
-        assert chunk, f"EOF after {len(received)} of {size} bytes"
-        received += chunk
-    assert len(received) == size
-    return bytes(received)
+@pytest.mark.parametrize(
+    ("kind", "check"), [(kind, name) for kind in KINDS for name in applicable(TRAITS[kind])]
+)
+async def test_contract(make_pair: MakePair, kind: str, check: str) -> None:
+    """Each promise of the ByteStream contract, on each stream kind."""
 
+    async def connected() -> tuple[ByteStream, ByteStream]:
+        made = await make_pair(kind)
+        return made.left, made.right
 
-async def read_to_eof(stream: ByteStream, max_bytes: int = 65536) -> bytes:
-    received = bytearray()
-    while chunk := await bounded(stream.read(max_bytes)):
-        received += chunk
-    return bytes(received)
-
-
-def pattern(size: int) -> bytes:
-    """Non-repeating-looking bytes, so a lost or reordered slice shows."""
-    return bytes((i * 7 + i // 251) % 256 for i in range(size))
-
-
-# ------------------------------------------------------------------ reading
-
-
-async def test_read_returns_empty_only_at_eof(pair: StreamPair) -> None:
-    """read returns the data, then b"" at EOF, and b"" again after that."""
-    await pair.right.write(b"hello")
-    await pair.right.write_eof()
-    assert await read_exactly(pair.left, 5) == b"hello"
-    assert await bounded(pair.left.read(100)) == b""
-    assert await bounded(pair.left.read(100)) == b""
-
-
-async def test_pending_read_waits_for_data(pair: StreamPair) -> None:
-    """a read started before any data arrives returns that data, not b""."""
-    reading = asyncio.ensure_future(pair.left.read(100))
-    await pair.right.write(b"late")
-    assert await bounded(reading) == b"late"
-
-
-async def test_read_rejects_non_positive_size(pair: StreamPair) -> None:
-    """read(0) is a caller error, not an EOF."""
-    with pytest.raises(ValueError, match="max_bytes"):
-        await pair.left.read(0)
-
-
-async def test_small_reads_return_a_chunk_in_pieces(pair: StreamPair) -> None:
-    """a read smaller than an incoming chunk returns it in pieces, nothing lost."""
-    data = pattern(1024)
-    await pair.left.write(data)
-    pieces = []
-    while sum(map(len, pieces)) < len(data):
-        piece = await bounded(pair.right.read(100))
-        assert 0 < len(piece) <= 100
-        pieces.append(piece)
-    assert b"".join(pieces) == data
-    await pair.left.write_eof()
-    assert await bounded(pair.right.read(100)) == b""
-
-
-# ------------------------------------------------------------------ writing
-
-
-@pytest.mark.parametrize("size", [1, 1000, 200_000])
-async def test_write_returns_payload_length(pair: StreamPair, size: int) -> None:
-    """write returns exactly len(data) and the peer receives exactly those bytes."""
-    data = pattern(size)
-    received, written = await bounded(
-        asyncio.gather(read_exactly(pair.right, size), pair.left.write(data))
-    )
-    assert written == size
-    assert received == data
-    await pair.left.write_eof()
-    assert await bounded(pair.right.read(65536)) == b""
-
-
-async def test_write_empty_is_an_error(pair: StreamPair) -> None:
-    """write(b"") raises ValueError and sends nothing (in particular no EOF)."""
-    with pytest.raises(ValueError, match="non-empty"):
-        await pair.left.write(b"")
-    await pair.left.write(b"x")
-    assert await bounded(pair.right.read(100)) == b"x"
-
-
-# ------------------------------------------------------- half-close and close
-
-
-async def test_write_eof_keeps_other_direction(pair: StreamPair) -> None:
-    """after write_eof on one side, the other direction still carries data."""
-    if pair.kind == "ws-plain":
-        pytest.skip("plain WebSocket has no half-close: write_eof is a close (next test)")
-    await pair.left.write(b"ping")
-    await pair.left.write_eof()
-    assert await read_exactly(pair.right, 4) == b"ping"
-    assert await bounded(pair.right.read(100)) == b""
-    await pair.right.write(b"pong")
-    assert await read_exactly(pair.left, 4) == b"pong"
-    await pair.right.write_eof()
-    assert await bounded(pair.left.read(100)) == b""
+    await check_byte_stream(connected, TRAITS[kind], only=[check])
 
 
 @pytest.mark.parametrize("swap", [False, True], ids=["client-eof", "server-eof"])
@@ -154,78 +69,6 @@ async def test_plain_websocket_write_eof_is_a_clean_close(make_pair: MakePair, s
     assert await bounded(pair.left.read(100)) == b""
     with pytest.raises(StreamBroken):
         await pair.right.write(b"too late")
-
-
-async def test_write_eof_is_idempotent(pair: StreamPair) -> None:
-    """a second write_eof is a no-op and the peer sees one clean EOF."""
-    await pair.left.write(b"data")
-    await pair.left.write_eof()
-    await pair.left.write_eof()
-    assert await read_exactly(pair.right, 4) == b"data"
-    assert await bounded(pair.right.read(100)) == b""
-
-
-async def test_write_after_write_eof_raises_stream_closed(pair: StreamPair) -> None:
-    """write after write_eof raises StreamClosed (local misuse)."""
-    await pair.left.write_eof()
-    with pytest.raises(StreamClosed):
-        await pair.left.write(b"more")
-
-
-async def test_close_is_graceful_and_idempotent(pair: StreamPair) -> None:
-    """close twice is fine, and the peer reads a clean EOF, not an error."""
-    await pair.left.write(b"bye")
-    await bounded(pair.left.close())
-    await bounded(pair.left.close())
-    assert await read_exactly(pair.right, 3) == b"bye"
-    assert await bounded(pair.right.read(100)) == b""
-
-
-async def test_use_after_close_raises_stream_closed(pair: StreamPair) -> None:
-    """after close, read and write raise StreamClosed and write_eof is a no-op."""
-    await bounded(pair.left.close())
-    with pytest.raises(StreamClosed):
-        await pair.left.read(100)
-    with pytest.raises(StreamClosed):
-        await pair.left.write(b"x")
-    await pair.left.write_eof()  # a no-op on a closed stream
-
-
-async def test_read_after_close_with_buffered_data_raises(pair: StreamPair) -> None:
-    """read after close raises StreamClosed even when received data is still buffered."""
-    await pair.right.write(b"abcdef")
-    assert await bounded(pair.left.read(1)) == b"a"
-    await bounded(pair.left.close())
-    with pytest.raises(StreamClosed):
-        await pair.left.read(100)
-
-
-# -------------------------------------------------------------------- abort
-
-
-async def test_abort_breaks_the_peer(pair: StreamPair) -> None:
-    """abort makes the peer's read raise StreamBroken, never return b""."""
-    await pair.left.write(b"before")
-    assert await read_exactly(pair.right, 6) == b"before"
-    await bounded(pair.left.abort("test abort"))
-    with pytest.raises(StreamBroken):
-        await bounded(pair.right.read(100))
-
-
-async def test_abort_breaks_a_pending_peer_read(pair: StreamPair) -> None:
-    """a peer already blocked in read gets StreamBroken when this side aborts."""
-    reading = asyncio.ensure_future(pair.right.read(100))
-    await bounded(pair.left.abort("test abort"))
-    with pytest.raises(StreamBroken):
-        await bounded(reading)
-
-
-async def test_abort_is_idempotent_and_closes(pair: StreamPair) -> None:
-    """abort twice is fine, and afterwards this side's read raises StreamClosed."""
-    await bounded(pair.left.abort("one"))
-    await bounded(pair.left.abort("two"))
-    with pytest.raises(StreamClosed):
-        await pair.left.read(100)
 
 
 # ------------------------------------------------------- WebSocket specifics
