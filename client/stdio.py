@@ -307,8 +307,10 @@ class _PipeWriter(asyncio.Protocol):
             self._transport.abort()
 
     def abort(self) -> None:
+        """Drop unwritten output and close now (nothing once the pipe is gone)."""
         assert self._transport is not None
-        self._transport.abort()
+        if not self._lost:
+            self._transport.abort()
 
 
 _FINISH = object()  # tells the writer thread to close the descriptor and stop

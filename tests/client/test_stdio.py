@@ -12,8 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.stream_contract import StreamTraits, applicable, check_byte_stream
 from wstun.client.stdio import StdioStream, uses_pipe_transport
 from wstun.common.errors import StreamBroken, StreamClosed
+from wstun.common.streams import ByteStream
 
 TIMEOUT = 10.0
 
@@ -101,6 +103,61 @@ def test_which_descriptors_use_the_loop() -> None:
             os.close(fd)
         a.close()
         b.close()
+
+
+# ------------------------------------------------------------ the contract
+
+
+# No reset on a pipe: after abort() the peer reads EOF. No fast path either.
+TRAITS = StreamTraits(abort_is_error=False, fast_path=False)
+
+
+class StdioPairs:
+    """Connected StdioStream pairs, all closed at the end of the test."""
+
+    def __init__(self) -> None:
+        self.streams: list[StdioStream] = []
+
+    async def pipes(self) -> tuple[ByteStream, ByteStream]:
+        """Two pipes crossed: what one writes the other reads (the loop's pipe transports)."""
+        a_in, b_out = os.pipe()
+        b_in, a_out = os.pipe()
+        return await self._pair((a_in, a_out), (b_in, b_out))
+
+    async def socket(self) -> tuple[ByteStream, ByteStream]:
+        """Each end one socket as both input and output (reader and writer threads)."""
+        a, b = socket.socketpair()
+        with a, b:
+            return await self._pair(
+                (os.dup(a.fileno()), os.dup(a.fileno())), (os.dup(b.fileno()), os.dup(b.fileno()))
+            )
+
+    async def _pair(
+        self, first: tuple[int, int], second: tuple[int, int]
+    ) -> tuple[ByteStream, ByteStream]:
+        one, two = await StdioStream.from_fds(*first), await StdioStream.from_fds(*second)
+        self.streams += [one, two]
+        return one, two
+
+    async def aclose(self) -> None:
+        for stream in self.streams:
+            await stream.abort("test over")
+
+
+@pytest.fixture
+async def stdio_pairs() -> AsyncIterator[StdioPairs]:
+    pairs = StdioPairs()
+    try:
+        yield pairs
+    finally:
+        await pairs.aclose()
+
+
+@pytest.mark.parametrize("check", applicable(TRAITS))
+@pytest.mark.parametrize("over", ["pipes", "socket"])
+async def test_contract(stdio_pairs: StdioPairs, over: str, check: str) -> None:
+    """Each promise of the ByteStream contract, over pipes and over a socket."""
+    await check_byte_stream(getattr(stdio_pairs, over), TRAITS, only=[check])
 
 
 # ------------------------------------------------------------------ pipes
