@@ -396,8 +396,13 @@ class _ThreadWriter:
             await asyncio.wait_for(asyncio.shield(self._closed_waiter), _CLOSE_TIMEOUT)
 
     def abort(self) -> None:
+        """Drop what is still queued; close() stops waiting for the thread."""
         self._aborted = True
         self.finish()
+        # A write the thread is blocked in can't be interrupted; the daemon
+        # thread finishes it, or the process exits without it.
+        if not self._closed_waiter.done():
+            self._closed_waiter.set_result(None)
 
 
 # --------------------------------------------------------------- stream
@@ -464,6 +469,7 @@ class StdioStream(ByteStream):
 
     async def abort(self, reason: str = "") -> None:
         if self._state is StreamState.CLOSED:
+            self._writer.abort()  # cuts short a close() still flushing; else nothing
             return
         self._state = StreamState.CLOSED
         self._reader.close()

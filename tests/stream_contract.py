@@ -45,6 +45,10 @@ TIMEOUT = 5.0
 #: Makes a connected pair: (one end, the other end).
 MakePair = Callable[[], Awaitable[tuple[ByteStream, ByteStream]]]
 
+#: Makes ``left.close()`` unable to finish by itself soon (``(left, right)``);
+#: may return a task of its own, which the check awaits at the end.
+Stall = Callable[[ByteStream, ByteStream], Awaitable["asyncio.Future[object] | None"]]
+
 
 @dataclasses.dataclass(frozen=True)
 class StreamTraits:
@@ -56,6 +60,8 @@ class StreamTraits:
     abort_is_error: bool = True
     #: set_sink()/try_write() are implemented (the relay's fast path).
     fast_path: bool = True
+    #: How to make close() wait on this kind, for the abort-during-close check.
+    stall_close: Stall | None = None
 
 
 async def bounded(awaitable: Awaitable[T]) -> T:
@@ -362,6 +368,37 @@ async def check_abort_is_idempotent_and_closes(
     await bounded(left.abort("two"))
     with pytest.raises(StreamClosed):
         await left.read(100)
+
+
+@check()
+async def check_abort_after_close_changes_nothing(
+    left: ByteStream, right: ByteStream, traits: StreamTraits
+) -> None:
+    """abort() once close() has finished does nothing: the peer keeps its clean EOF."""
+    await left.write(b"bye")
+    await bounded(left.close())
+    await bounded(left.abort("too late"))
+    assert await read_exactly(right, 3) == b"bye"
+    assert await bounded(right.read(100)) == b""
+
+
+@check(lambda traits: traits.stall_close is not None)
+async def check_abort_cuts_a_waiting_close_short(
+    left: ByteStream, right: ByteStream, traits: StreamTraits
+) -> None:
+    """abort() while close() waits (to flush, or for the peer) ends that wait at once."""
+    assert traits.stall_close is not None
+    own_task = await traits.stall_close(left, right)
+    closing = asyncio.ensure_future(left.close())
+    await asyncio.sleep(0)  # one loop step: close() starts, and can't finish
+    assert not closing.done(), "precondition: close() is waiting"
+    await bounded(left.abort("cut short"))
+    await bounded(closing)  # TIMEOUT is shorter than close()'s own grace
+    with pytest.raises(StreamClosed):
+        await left.read(100)
+    if own_task is not None:  # e.g. a write that can never finish
+        own_task.cancel()
+        await asyncio.gather(own_task, return_exceptions=True)
 
 
 # ---------------------------------------------------------------- fast path

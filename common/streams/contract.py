@@ -8,7 +8,9 @@ Modelled on trio's ``HalfCloseableStream``:
   to drain (backpressure) and returns ``len(data)``: payload bytes only.
 - ``write_eof()`` ends this direction; the other keeps flowing. Idempotent.
 - ``close()`` is graceful and idempotent and always ends with the resource
-  closed; ``abort()`` is immediate and makes the far side see an error.
+  closed; ``abort()`` is immediate and makes the far side see an error. An
+  abort() during a close() that still waits cuts it short; after a finished
+  close() it does nothing.
 
 One task may read while another writes; two concurrent readers (or writers)
 are a bug in the caller.
@@ -82,7 +84,13 @@ class ByteStream(abc.ABC):
 
     @abc.abstractmethod
     async def abort(self, reason: str = "") -> None:
-        """Close at once, so that the far side sees an error, not an EOF."""
+        """Close at once, so that the far side sees an error, not an EOF. Idempotent.
+
+        After ``close()``: while close() still waits (for output to flush,
+        or for the peer's closing handshake), abort() ends that wait at once
+        and drops the resource, as if close() had run out of time; once
+        close() has finished, abort() does nothing.
+        """
 
     # Optional fast path for the relay. The defaults opt out; a stream that
     # implements them still keeps every promise above.

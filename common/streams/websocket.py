@@ -247,6 +247,9 @@ class WebSocketStream(ByteStream):
 
     async def abort(self, reason: str = "") -> None:
         if self._state is StreamState.CLOSED:
+            # A close() (or an abort) that still waits for the peer ends now.
+            if not lost_waiter(self._ws).done():
+                drop(self._ws)
             return
         self._state = StreamState.CLOSED
         self._stop_keepalive()

@@ -108,8 +108,15 @@ def test_which_descriptors_use_the_loop() -> None:
 # ------------------------------------------------------------ the contract
 
 
+async def stall_with_a_big_write(left: ByteStream, right: ByteStream) -> asyncio.Future[object]:
+    """More output than the pipe or socket holds, to a peer that doesn't read."""
+    writing: asyncio.Future[object] = asyncio.ensure_future(left.write(bytes(8 * 1024 * 1024)))
+    await asyncio.sleep(0)  # one loop step: the write is handed to the transport
+    return writing
+
+
 # No reset on a pipe: after abort() the peer reads EOF. No fast path either.
-TRAITS = StreamTraits(abort_is_error=False, fast_path=False)
+TRAITS = StreamTraits(abort_is_error=False, fast_path=False, stall_close=stall_with_a_big_write)
 
 
 class StdioPairs:

@@ -23,7 +23,7 @@ from tests.stream_contract import (
 )
 from wstun.common.errors import StreamBroken
 from wstun.common.protocol import CloseCode
-from wstun.common.streams import ByteStream, WebSocketStream
+from wstun.common.streams import ByteStream, TcpStream, WebSocketStream
 
 from .conftest import KINDS, MakePair, StreamPair
 
@@ -32,11 +32,25 @@ PING_INTERVAL = 0.2
 PING_TIMEOUT = 0.3
 
 
+async def stall_tcp(left: ByteStream, right: ByteStream) -> None:
+    """More output than the kernel buffers hold, to a peer that stopped reading."""
+    assert isinstance(left, TcpStream)
+    assert isinstance(right, TcpStream)
+    right._transport.pause_reading()
+    assert left.try_write(bytes(32 * 1024 * 1024))
+
+
+async def stall_ws(left: ByteStream, right: ByteStream) -> None:
+    """A peer that will never answer the closing handshake."""
+    assert isinstance(right, WebSocketStream)
+    right.connection.transport.pause_reading()
+
+
 TRAITS = {
-    "tcp": StreamTraits(),
-    "ws-v1": StreamTraits(),
+    "tcp": StreamTraits(stall_close=stall_tcp),
+    "ws-v1": StreamTraits(stall_close=stall_ws),
     # Without wstun.v1 there is no in-band EOF: write_eof is a close (tested below).
-    "ws-plain": StreamTraits(half_close=False),
+    "ws-plain": StreamTraits(half_close=False, stall_close=stall_ws),
 }
 
 
