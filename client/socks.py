@@ -29,7 +29,7 @@ from wstun.common.errors import HandshakeError, StreamError
 from wstun.common.metrics import TunnelMetrics
 from wstun.common.protocol import Target
 from wstun.common.report import TunnelReport, new_tunnel_id, relay_and_report
-from wstun.common.streams import ByteStream
+from wstun.common.streams import ByteStream, PrefixedStream
 
 __all__ = [
     "HANDSHAKE_TIMEOUT",
@@ -320,38 +320,6 @@ def reply_for_status(status: int) -> Reply:
 # ---------------------------------------------------------------- the I/O
 
 
-class _Buffered(ByteStream):
-    """A stream that first hands out bytes already read past the handshake.
-
-    A SOCKS client may send payload right behind its request; those bytes
-    belong to the tunnel, and the relay counts them like any other.
-    """
-
-    def __init__(self, stream: ByteStream, prefix: bytes) -> None:
-        self._stream = stream
-        self._prefix = prefix
-
-    async def read(self, max_bytes: int) -> bytes:
-        if max_bytes <= 0:
-            raise ValueError("max_bytes must be positive")
-        if not self._prefix:
-            return await self._stream.read(max_bytes)
-        chunk, self._prefix = self._prefix[:max_bytes], self._prefix[max_bytes:]
-        return chunk
-
-    async def write(self, data: bytes) -> int:
-        return await self._stream.write(data)
-
-    async def write_eof(self) -> None:
-        await self._stream.write_eof()
-
-    async def close(self) -> None:
-        await self._stream.close()
-
-    async def abort(self, reason: str = "") -> None:
-        await self._stream.abort(reason)
-
-
 class _Reader:
     """Accumulates bytes from a stream until a parser is satisfied."""
 
@@ -504,7 +472,7 @@ async def _tunnel(
         await asyncio.gather(local.abort(), remote.abort("client shutting down"))
         raise
     await relay_and_report(
-        _Buffered(local, extra),
+        PrefixedStream(local, extra),
         remote,
         report,
         logger,

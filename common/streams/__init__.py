@@ -5,6 +5,7 @@
 - :mod:`.websocket`: :class:`WebSocketStream` and the options every wstun
   WebSocket is opened with;
 - :mod:`.keepalive`: wstun's own keepalive, any byte counting as life;
+- :mod:`.prefixed`: :class:`PrefixedStream`, bytes already read handed out first;
 - :mod:`.chunk_reader`: a websockets stream reader that copies less;
 - :mod:`.internals`: every use of websockets beyond its documented API,
   including the connection classes both sides open.
@@ -25,6 +26,7 @@ from wstun.common.streams.internals import (
     TunnelConnection,
     TunnelServerConnection,
 )
+from wstun.common.streams.prefixed import PrefixedStream
 from wstun.common.streams.tcp import TcpStream, open_tcp, tcp_protocol_factory
 from wstun.common.streams.websocket import (
     WS_MAX_QUEUE,
@@ -43,6 +45,7 @@ __all__ = [
     "ByteStream",
     "ChunkReader",
     "ChunkSink",
+    "PrefixedStream",
     "StreamState",
     "TcpStream",
     "TunnelClientConnection",
