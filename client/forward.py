@@ -38,7 +38,13 @@ from wstun.common.protocol import (
     parse_port,
     parse_target,
 )
-from wstun.common.report import TunnelReport, format_peer, new_tunnel_id, relay_and_report
+from wstun.common.report import (
+    TunnelEnd,
+    TunnelReport,
+    format_peer,
+    new_tunnel_id,
+    relay_and_report,
+)
 from wstun.common.streams import (
     DEFAULT_READ_SIZE,
     WS_OPTIONS,
@@ -321,7 +327,7 @@ class TunnelClient:
             self.metrics.handshake_failed(exc.status)
             await local.abort()
             self.failures.log(f"tunnel to {forward.remote} {exc.outcome}")
-            report.end, report.reason = "refused", str(exc)
+            report.end, report.reason = TunnelEnd.REFUSED, str(exc)
             logger.debug("%s", report.line())
             return
         except asyncio.CancelledError:

@@ -28,7 +28,7 @@ from typing import TypeVar
 from wstun.common.errors import HandshakeError, StreamError
 from wstun.common.metrics import TunnelMetrics
 from wstun.common.protocol import Target
-from wstun.common.report import TunnelReport, new_tunnel_id, relay_and_report
+from wstun.common.report import TunnelEnd, TunnelReport, new_tunnel_id, relay_and_report
 from wstun.common.streams import ByteStream, PrefixedStream
 
 __all__ = [
@@ -455,7 +455,7 @@ async def _tunnel(
             metrics.handshake_failed(exc.status)
         code = reply_for_status(exc.status)
         log_failure(f"tunnel to {target} {exc.outcome} (SOCKS5 reply 0x{code:02x})")
-        report.end, report.reason = "refused", str(exc)
+        report.end, report.reason = TunnelEnd.REFUSED, str(exc)
         logger.debug("%s", report.line())
         await _answer_and_close(local, build_reply(code))
         return

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any, cast
 from wstun.client.forward import open_tunnel
 from wstun.common.errors import HandshakeError, StreamBroken, StreamClosed, describe_os_error
 from wstun.common.protocol import Target
-from wstun.common.report import TunnelReport, new_tunnel_id, relay_and_report
+from wstun.common.report import TunnelEnd, TunnelReport, new_tunnel_id, relay_and_report
 from wstun.common.runtime import install_stop_signals
 from wstun.common.streams import ByteStream, StreamState, check_writable
 
@@ -555,7 +555,7 @@ async def run_stdio(
             relay.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await relay
-    if report.end == "eof" and not report.reason:
+    if report.end is TunnelEnd.EOF and not report.reason:
         return 0
     return _fail(f"tunnel to {target} ended: {report.reason or report.end}")
 

@@ -23,7 +23,7 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
 from wstun.common.protocol import Target, format_target
-from wstun.common.report import TunnelReport
+from wstun.common.report import TunnelEnd, TunnelReport
 
 __all__ = ["METRICS_PATH", "TunnelMetrics", "serve_metrics"]
 
@@ -68,8 +68,8 @@ class TunnelMetrics:
         )
         for direction in ("up", "down"):
             self.payload.labels(direction)
-        for end in ("eof", "error", "idle-timeout"):
-            self.ended.labels(end)
+        for end in (TunnelEnd.EOF, TunnelEnd.ERROR, TunnelEnd.IDLE_TIMEOUT):
+            self.ended.labels(end.value)
 
     def tunnel_opened(self) -> None:
         self.opened.inc()
@@ -78,7 +78,7 @@ class TunnelMetrics:
     def tunnel_ended(self, report: TunnelReport) -> None:
         """Count a finished tunnel: its end and its exact payload counts."""
         self.active.dec()
-        self.ended.labels(report.end).inc()
+        self.ended.labels(report.end.value).inc()
         self.payload.labels("up").inc(report.up)
         self.payload.labels("down").inc(report.down)
 

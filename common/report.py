@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import enum
 import itertools
 import logging
 import time
@@ -13,7 +14,14 @@ from wstun.common.errors import IdleTimeout, RelayError
 from wstun.common.relay import copy_bidirectional
 from wstun.common.streams import ByteStream
 
-__all__ = ["TunnelCounter", "TunnelReport", "format_peer", "new_tunnel_id", "relay_and_report"]
+__all__ = [
+    "TunnelCounter",
+    "TunnelEnd",
+    "TunnelReport",
+    "format_peer",
+    "new_tunnel_id",
+    "relay_and_report",
+]
 
 _ids = itertools.count(1)
 
@@ -31,6 +39,22 @@ def format_peer(address: object) -> str:
     return str(address) if address else "-"
 
 
+class TunnelEnd(enum.Enum):
+    """How a tunnel ended, as its log line and metrics say it."""
+
+    #: Both directions finished cleanly.
+    EOF = "eof"
+    #: A read, write or half-close failed on either side.
+    ERROR = "error"
+    #: No payload moved for the idle timeout.
+    IDLE_TIMEOUT = "idle-timeout"
+    #: The server refused to open it (client side only; logged at DEBUG).
+    REFUSED = "refused"
+
+    def __str__(self) -> str:
+        return self.value
+
+
 @dataclasses.dataclass
 class TunnelReport:
     """What happened to one tunnel. ``up`` is client->target payload bytes."""
@@ -41,7 +65,7 @@ class TunnelReport:
     started: float = dataclasses.field(default_factory=time.monotonic)
     up: int = 0
     down: int = 0
-    end: str = "eof"
+    end: TunnelEnd = TunnelEnd.EOF
     reason: str = ""
 
     def finish(self, counts: tuple[int, int] | None, error: BaseException | None) -> None:
@@ -50,10 +74,10 @@ class TunnelReport:
             self.up, self.down = counts
         if isinstance(error, RelayError):
             self.up, self.down = error.a_to_b, error.b_to_a
-            self.end = "idle-timeout" if isinstance(error, IdleTimeout) else "error"
+            self.end = TunnelEnd.IDLE_TIMEOUT if isinstance(error, IdleTimeout) else TunnelEnd.ERROR
             self.reason = str(error)
         elif error is not None:
-            self.end = "error"
+            self.end = TunnelEnd.ERROR
             self.reason = self.reason or str(error) or type(error).__name__
 
     def line(self) -> str:
