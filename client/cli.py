@@ -7,15 +7,23 @@ import logging
 import sys
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import click
 
-from wstun.client.forward import ClientConfig, Forward, parse_forward, run_client
+from wstun.client.app import run_client
+from wstun.client.config import (
+    ClientConfig,
+    ConfigError,
+    check_modes,
+    check_proxy_url,
+    check_tls_options,
+    describe,
+    socks_credentials,
+)
+from wstun.client.forward import Forward, parse_forward
 from wstun.client.headers import parse_header
-from wstun.client.socks import Credentials, SocksProxy
+from wstun.client.socks import SocksProxy
 from wstun.client.stdio import stdio_main
-from wstun.client.tls import client_tls_context
 from wstun.common import __version__
 from wstun.common.errors import TargetError
 from wstun.common.options import (
@@ -65,21 +73,6 @@ def _check_proxy(ctx: click.Context, param: click.Parameter, value: str | None) 
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
     return value
-
-
-def check_proxy_url(url: str) -> None:
-    """Raise ValueError unless ``url`` is an ``http://`` or ``https://`` CONNECT proxy."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https"):
-        raise ValueError(f"{url}: only http:// and https:// (CONNECT) proxies")
-    try:
-        parts.port  # noqa: B018 - raises ValueError for a port that isn't one
-    except ValueError:
-        raise ValueError(f"{url}: invalid port") from None
-    if not parts.hostname:
-        raise ValueError(f"{url}: no proxy host")
-    if parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise ValueError(f"{url}: a proxy URL has no path, query or fragment")
 
 
 def _check_url(ctx: click.Context, param: click.Parameter, value: str) -> str:
@@ -235,31 +228,30 @@ def main(
     \b
       ssh -o ProxyCommand='wstun-client -W %h:%p ws://127.0.0.1:8080/' host
     """
-    _check_modes(forwards, dynamic, stdio_target)
-    auth = _socks_auth(socks_user, socks_password_file)
+    try:
+        check_modes(forwards, dynamic, stdio_target)
+        auth = socks_credentials(socks_user, socks_password_file)
+        check_tls_options(
+            url,
+            cacert=cacert,
+            insecure=insecure,
+            tls_server_name=tls_server_name,
+            connect_to=connect_to,
+            proxy=proxy,
+        )
+    except ConfigError as exc:
+        if exc.value:
+            raise click.BadParameter(str(exc), param_hint=exc.option) from None
+        raise click.UsageError(str(exc)) from None
     if stdio_target is not None and (
         ctx.get_parameter_source("log_level") is click.core.ParameterSource.DEFAULT
     ):
         log_level = "warning"  # ssh shows a ProxyCommand's stderr to the user
-    secure = url.lower().startswith("wss:")
-    if (cacert or insecure) and not secure:
-        option = "--cacert" if cacert else "--insecure"
-        raise click.BadParameter(f"{option} applies to wss:// URLs only", param_hint=option)
-    if tls_server_name is not None and not secure:
-        raise click.BadParameter("applies to wss:// URLs only", param_hint="--tls-server-name")
-    if connect_to is not None and proxy not in (None, "none"):
-        raise click.UsageError("--connect-to dials directly; it can't go with --proxy")
-    if cacert and insecure:
-        raise click.BadParameter("--cacert and --insecure contradict each other")
-    if check:  # no warning for --insecure: nothing will connect
-        tls = None
-    else:
-        configure_logging(log_level)
-        tls = client_tls_context(cacert, insecure=insecure) if secure else None
     config = ClientConfig(
         url=url,
         forwards=forwards,
         socks=tuple(SocksProxy(bind, auth) for bind in dynamic),
+        stdio=stdio_target,
         token=load_token(token_file),
         connect_timeout=connect_timeout,
         idle_timeout=seconds_or_off(idle_timeout),
@@ -267,64 +259,21 @@ def main(
         ping_timeout=seconds_or_off(ping_timeout),
         headers=headers,
         proxy=True if proxy is None else None if proxy == "none" else proxy,
-        tls=tls,
+        cacert=cacert,
+        insecure=insecure,
         metrics_listen=metrics_listen,
         connect_to=connect_to,
         tls_server_name=tls_server_name,
         grace=grace,
         max_tunnels=max_tunnels or None,
     )
-    if check:
-        click.echo(f"server: {config.url}")
-        for forward in forwards:
-            click.echo(f"forward: {forward}")
-        for socks in config.socks:
-            click.echo(f"socks5: {socks.bind}{' (username/password)' if socks.auth else ''}")
-        if stdio_target is not None:
-            click.echo(f"stdio: {stdio_target}")
-        click.echo(f"token: {'set' if config.token else 'not set'}")
-        if secure:
-            verify = "OFF (--insecure)" if insecure else f"on, CAs from {cacert or 'the system'}"
-            click.echo(f"tls verification: {verify}")
-        for name, _ in headers:
-            click.echo(f"header: {name}")
-        if connect_to is not None:
-            click.echo(f"connect to: {connect_to} (directly)")
-        else:
-            click.echo(f"proxy: {proxy or 'from the environment'}")
-        if tls_server_name is not None:
-            click.echo(f"tls server name: {tls_server_name}")
-        click.echo(f"metrics: {metrics_listen or 'off'}")
+    if check:  # nothing connects: no TLS context, no --insecure warning
+        click.echo(describe(config))
         return
+    configure_logging(log_level)
     if stdio_target is not None:
         sys.exit(run(lambda: stdio_main(config, stdio_target)))
     sys.exit(run(lambda: _forward(config)))
-
-
-def _check_modes(
-    forwards: tuple[Forward, ...], dynamic: tuple[Target, ...], stdio_target: Target | None
-) -> None:
-    if stdio_target is not None and (forwards or dynamic):
-        raise click.UsageError("-W uses stdin/stdout for one tunnel; it can't go with -L or -D")
-    if stdio_target is None and not forwards and not dynamic:
-        raise click.UsageError("nothing to do: give at least one -L or -D, or -W")
-
-
-def _socks_auth(user: str | None, password_file: Path | None) -> Credentials | None:
-    """Username and password for the -D ports, both or neither."""
-    if user is None and password_file is None:
-        return None
-    if user is None or password_file is None:
-        raise click.UsageError("--socks-user and --socks-password-file go together")
-    try:
-        password = password_file.read_text(encoding="utf-8").rstrip("\r\n")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise click.BadParameter(
-            f"can't read {password_file}: {exc}", param_hint="--socks-password-file"
-        ) from None
-    if not 0 < len(user.encode()) <= 255 or not 0 < len(password.encode()) <= 255:
-        raise click.UsageError("SOCKS5 usernames and passwords are 1 to 255 bytes (RFC 1929)")
-    return Credentials(user, password)
 
 
 async def _forward(config: ClientConfig) -> int:

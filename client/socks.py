@@ -7,10 +7,11 @@ with the number of bytes it used, ``None`` while the message is incomplete,
 or raises :class:`SocksError` for input no more bytes can fix. The I/O layer
 below them reads a :class:`~common.streams.ByteStream` and answers.
 
-Only CONNECT is supported. A domain name is passed on to the server as
-``?to=NAME:PORT`` and resolved there, never by the client. Each CONNECT
-opens its own tunnel; the server's answer becomes the SOCKS5 reply code
-(:func:`reply_for_status`), sent before the local connection is closed.
+Only CONNECT is supported. A domain name is passed on to the server as the
+target and resolved there, never by the client. Each CONNECT is the local
+end (:class:`SocksConnection`) of one tunnel of the client's flow; the
+server's answer becomes the SOCKS5 reply code (:func:`reply_for_status`),
+sent before the local connection is closed.
 """
 
 from __future__ import annotations
@@ -22,14 +23,14 @@ import hmac
 import ipaddress
 import logging
 import struct
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import TypeVar
 
+from wstun.client.tunnel import LocalEnd, Tunnel
 from wstun.common.errors import HandshakeError, StreamError
-from wstun.common.metrics import TunnelMetrics
 from wstun.common.protocol import Target
-from wstun.common.report import TunnelEnd, TunnelReport, new_tunnel_id, relay_and_report
-from wstun.common.streams import ByteStream, PrefixedStream
+from wstun.common.report import format_peer
+from wstun.common.streams import ByteStream, PrefixedStream, TcpStream
 
 __all__ = [
     "HANDSHAKE_TIMEOUT",
@@ -39,6 +40,7 @@ __all__ = [
     "Greeting",
     "Method",
     "Reply",
+    "SocksConnection",
     "SocksError",
     "SocksProxy",
     "SocksRequest",
@@ -53,7 +55,6 @@ __all__ = [
     "parse_request",
     "reply_for_status",
     "select_method",
-    "serve_socks_connection",
 ]
 
 logger = logging.getLogger("wstun.client")
@@ -395,90 +396,64 @@ async def _answer_and_close(local: ByteStream, answer: bytes) -> None:
         await local.close()
 
 
-Dial = Callable[[Target], Awaitable[ByteStream]]
+class SocksConnection(LocalEnd):
+    """A connection accepted on a ``-D`` port: SOCKS5 first, then one tunnel.
 
-
-async def serve_socks_connection(
-    local: ByteStream,
-    peer: str,
-    proxy: SocksProxy,
-    *,
-    dial: Dial,
-    log_failure: Callable[[str], object],
-    read_size: int,
-    idle_timeout: float | None,
-    metrics: TunnelMetrics | None = None,
-) -> None:
-    """Run one SOCKS5 connection: negotiate, open the tunnel, answer, relay.
-
-    ``dial`` opens the tunnel for a target (raising HandshakeError when the
-    server refuses); ``log_failure`` takes one line per failure and may
-    rate-limit it; ``metrics``, when given, counts the tunnel as ``-L``
-    tunnels are counted. Nothing here raises except cancellation.
+    ``tunnel`` makes the client's tunnel for a target and this local end;
+    ``log_failure`` takes one line per refused SOCKS5 client and may
+    rate-limit it.
     """
-    try:
-        async with asyncio.timeout(HANDSHAKE_TIMEOUT):
-            request, extra = await negotiate(local, proxy.auth)
-    except (SocksError, TimeoutError) as exc:
-        reason = str(exc) or f"no SOCKS5 request within {HANDSHAKE_TIMEOUT:g}s"
-        log_failure(f"SOCKS5 client {peer.rpartition(':')[0]} refused: {reason}")
-        await _answer_and_close(local, exc.answer if isinstance(exc, SocksError) else b"")
-        return
-    except StreamError as exc:
-        logger.info("SOCKS5 client %s went away during the handshake: %s", peer, exc)
-        await local.abort()
-        return
-    except asyncio.CancelledError:
-        await local.abort()
-        raise
-    await _tunnel(
-        local, peer, request.target, extra, dial, log_failure, read_size, idle_timeout, metrics
-    )
 
+    def __init__(
+        self,
+        stream: TcpStream,
+        proxy: SocksProxy,
+        *,
+        tunnel: Callable[[Target, LocalEnd], Tunnel],
+        log_failure: Callable[[str], object],
+    ) -> None:
+        self.stream = stream
+        self.peer = format_peer(stream.peername)
+        self._proxy = proxy
+        self._tunnel = tunnel
+        self._log_failure = log_failure
+        # Payload the client sent right behind its request.
+        self._extra = b""
 
-async def _tunnel(
-    local: ByteStream,
-    peer: str,
-    target: Target,
-    extra: bytes,
-    dial: Dial,
-    log_failure: Callable[[str], object],
-    read_size: int,
-    idle_timeout: float | None,
-    metrics: TunnelMetrics | None,
-) -> None:
-    report = TunnelReport(new_tunnel_id("c"), peer, str(target))
-    try:
-        remote = await dial(target)
-    except HandshakeError as exc:
-        if metrics is not None:
-            metrics.handshake_failed(exc.status)
-        code = reply_for_status(exc.status)
-        log_failure(f"tunnel to {target} {exc.outcome} (SOCKS5 reply 0x{code:02x})")
-        report.end, report.reason = TunnelEnd.REFUSED, str(exc)
-        logger.debug("%s", report.line())
-        await _answer_and_close(local, build_reply(code))
-        return
-    except asyncio.CancelledError:
-        await local.abort()
-        raise
-    try:
-        await local.write(build_reply(Reply.SUCCEEDED))
-    except StreamError as exc:
-        logger.info("SOCKS5 client %s went away before the reply: %s", peer, exc)
-        await asyncio.gather(local.abort(), remote.abort("SOCKS5 client went away"))
-        return
-    except asyncio.CancelledError:
-        await asyncio.gather(local.abort(), remote.abort("client shutting down"))
-        raise
-    await relay_and_report(
-        PrefixedStream(local, extra),
-        remote,
-        report,
-        logger,
-        read_size=read_size,
-        idle_timeout=idle_timeout,
-        names=("local", "server"),
-        cancel_reason="client shutting down",
-        counter=metrics,
-    )
+    async def serve(self) -> None:
+        """Negotiate, then carry the CONNECT; nothing is raised but cancellation."""
+        local, peer = self.stream, self.peer
+        try:
+            async with asyncio.timeout(HANDSHAKE_TIMEOUT):
+                request, self._extra = await negotiate(local, self._proxy.auth)
+        except (SocksError, TimeoutError) as exc:
+            reason = str(exc) or f"no SOCKS5 request within {HANDSHAKE_TIMEOUT:g}s"
+            self._log_failure(f"SOCKS5 client {peer.rpartition(':')[0]} refused: {reason}")
+            await _answer_and_close(local, exc.answer if isinstance(exc, SocksError) else b"")
+            return
+        except StreamError as exc:
+            logger.info("SOCKS5 client %s went away during the handshake: %s", peer, exc)
+            await local.abort()
+            return
+        except asyncio.CancelledError:
+            await local.abort()
+            raise
+        await self._tunnel(request.target, self).run()
+
+    def refusal_note(self, error: HandshakeError) -> str:
+        return f" (SOCKS5 reply 0x{reply_for_status(error.status):02x})"
+
+    async def refused(self, error: HandshakeError) -> None:
+        await _answer_and_close(self.stream, build_reply(reply_for_status(error.status)))
+
+    async def opened(self, remote: ByteStream) -> ByteStream | None:
+        try:
+            await self.stream.write(build_reply(Reply.SUCCEEDED))
+        except StreamError as exc:
+            logger.info("SOCKS5 client %s went away before the reply: %s", self.peer, exc)
+            await asyncio.gather(self.stream.abort(), remote.abort("SOCKS5 client went away"))
+            return None
+        return PrefixedStream(self.stream, self._extra)
+
+    async def abandon(self) -> None:
+        await self.stream.abort()

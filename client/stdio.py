@@ -35,20 +35,20 @@ import socket
 import stat
 import sys
 import threading
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
-from wstun.client.forward import open_tunnel
+from wstun.client.config import ClientConfig
+from wstun.client.dialer import WebSocketDialer
+from wstun.client.tunnel import Dialer, LocalEnd, Tunnel, TunnelSettings
 from wstun.common.errors import HandshakeError, StreamBroken, StreamClosed, describe_os_error
 from wstun.common.protocol import Target
-from wstun.common.report import TunnelEnd, TunnelReport, new_tunnel_id, relay_and_report
+from wstun.common.report import TunnelEnd
 from wstun.common.runtime import install_stop_signals
 from wstun.common.streams import ByteStream, StreamState, check_writable
 
-if TYPE_CHECKING:
-    from wstun.client.forward import ClientConfig
-
 __all__ = [
     "HANGUP_GRACE",
+    "StdioEnd",
     "StdioStream",
     "open_stdio",
     "run_stdio",
@@ -505,8 +505,41 @@ def _fail(message: str) -> int:
     return 1
 
 
+class StdioEnd(LocalEnd):
+    """stdin/stdout as the local end of the ``-W`` tunnel, opened once the tunnel is.
+
+    A refusal touches neither; the exit status and its one line tell it.
+    """
+
+    peer = "stdio"
+    name = "stdio"
+
+    def __init__(self) -> None:
+        #: Why stdin/stdout could not be used, when they couldn't.
+        self.failure: str | None = None
+
+    async def refused(self, error: HandshakeError) -> None:
+        pass
+
+    async def opened(self, remote: ByteStream) -> ByteStream | None:
+        try:
+            return await open_stdio()
+        except OSError as exc:
+            await remote.abort("client can't use stdin/stdout")
+            self.failure = f"can't use stdin/stdout: {describe_os_error(exc)}"
+            return None
+
+    async def abandon(self) -> None:
+        pass  # stdin/stdout are opened only with the tunnel, and relayed from then on
+
+
 async def run_stdio(
-    config: ClientConfig, target: Target, stop: asyncio.Event, hangup: asyncio.Event
+    config: ClientConfig,
+    target: Target,
+    stop: asyncio.Event,
+    hangup: asyncio.Event,
+    *,
+    dialer: Dialer | None = None,
 ) -> int:
     """Tunnel stdin/stdout to ``target`` until both directions end or a signal stops it.
 
@@ -518,30 +551,19 @@ async def run_stdio(
     one-line reason on stderr when the server refused, the tunnel broke or
     a signal cut it.
     """
-    try:
-        remote = await open_tunnel(config, target)
-    except HandshakeError as exc:
-        return _fail(f"tunnel to {target} {exc.outcome}")
-    try:
-        local = await open_stdio()
-    except OSError as exc:
-        await remote.abort("client can't use stdin/stdout")
-        return _fail(f"can't use stdin/stdout: {describe_os_error(exc)}")
-    report = TunnelReport(new_tunnel_id("c"), "stdio", str(target))
-    relay = asyncio.create_task(
-        relay_and_report(
-            local,
-            remote,
-            report,
-            logger,
-            read_size=config.read_size,
-            idle_timeout=config.idle_timeout,
-            names=("stdio", "server"),
-            cancel_reason="stopped by a signal",
-        )
+    refusals: list[str] = []
+    local = StdioEnd()
+    tunnel = Tunnel(
+        target,
+        local,
+        dialer=dialer if dialer is not None else WebSocketDialer(config),
+        settings=TunnelSettings(config.read_size, config.idle_timeout, "stopped by a signal"),
+        log_failure=refusals.append,
     )
+    relay = asyncio.create_task(tunnel.run())
     stopped = asyncio.create_task(stop.wait())
     hung_up = asyncio.create_task(hangup.wait())
+    cut = False
     try:
         await asyncio.wait({relay, stopped, hung_up}, return_when=asyncio.FIRST_COMPLETED)
         if hung_up.done() and not relay.done():
@@ -552,12 +574,19 @@ async def run_stdio(
         stopped.cancel()
         hung_up.cancel()
         if not relay.done():
+            cut = True
             relay.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await relay
-    if report.end is TunnelEnd.EOF and not report.reason:
+    report = tunnel.report
+    if refusals:
+        return _fail(refusals[0])
+    if local.failure is not None:
+        return _fail(local.failure)
+    reason = report.reason or ("stopped by a signal" if cut else "")
+    if report.end is TunnelEnd.EOF and not reason:
         return 0
-    return _fail(f"tunnel to {target} ended: {report.reason or report.end}")
+    return _fail(f"tunnel to {target} ended: {reason or report.end}")
 
 
 async def stdio_main(config: ClientConfig, target: Target) -> int:

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from wstun.client.cli import check_proxy_url, main
+from wstun.client.cli import main
+from wstun.client.config import check_proxy_url
 
 
 def run(args: list[str], env: dict[str, str] | None = None) -> tuple[int, str]:

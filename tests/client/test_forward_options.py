@@ -6,7 +6,8 @@ import logging
 
 import pytest
 
-from wstun.client.forward import FailureLog, Forward, parse_forward
+from wstun.client.failures import FailureLog
+from wstun.client.forward import Forward, parse_forward
 from wstun.common.errors import TargetError
 from wstun.common.protocol import Target
 

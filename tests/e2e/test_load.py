@@ -20,7 +20,9 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
 
-from wstun.client.forward import ClientConfig, Forward, TunnelClient
+from wstun.client.app import TunnelClient
+from wstun.client.config import ClientConfig
+from wstun.client.forward import Forward
 from wstun.common.protocol import Target
 from wstun.common.runtime import run
 from wstun.server.app import ServerConfig, TunnelServer

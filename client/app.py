@@ -1,0 +1,170 @@
+"""The running client: its -L and -D listeners, their tunnels, metrics and drain.
+
+Every accepted connection becomes a :class:`~wstun.client.tunnel.Tunnel`
+whose local end is the mode's (:class:`ForwardedConnection` for ``-L``,
+:class:`SocksConnection` for ``-D``) and whose dialer is the one the client
+was given (:class:`WebSocketDialer` unless a test or a future mode passes
+another).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from websockets.asyncio.server import Server
+
+from wstun.client.config import ClientConfig
+from wstun.client.dialer import WebSocketDialer
+from wstun.client.failures import FailureLog
+from wstun.client.forward import Forward, ForwardedConnection
+from wstun.client.socks import SocksConnection, SocksProxy
+from wstun.client.tunnel import Dialer, LocalEnd, Tunnel, TunnelSettings
+from wstun.common.errors import describe_os_error
+from wstun.common.metrics import TunnelMetrics, serve_metrics
+from wstun.common.protocol import Target
+from wstun.common.report import format_peer
+from wstun.common.streams import TcpStream, tcp_protocol_factory
+
+__all__ = ["TunnelClient", "run_client"]
+
+logger = logging.getLogger("wstun.client")
+
+
+class TunnelClient:
+    """Runs the ``-L`` and ``-D`` listeners and the tunnels they accept."""
+
+    def __init__(self, config: ClientConfig, *, dialer: Dialer | None = None) -> None:
+        self.config = config
+        self.dialer: Dialer = dialer if dialer is not None else WebSocketDialer(config)
+        self.failures = FailureLog()
+        self.metrics = TunnelMetrics("client")
+        self.settings = TunnelSettings(config.read_size, config.idle_timeout)
+        self._servers: list[asyncio.Server] = []
+        self._tunnels: set[asyncio.Task[object]] = set()
+        self._metrics_server: Server | None = None
+        # Open tunnels per forward, for the max_tunnels cap.
+        self._open: dict[Forward, int] = {}
+
+    async def start(self) -> list[tuple[Forward | SocksProxy, tuple[str, int]]]:
+        """Bind every ``-L`` and ``-D`` listener; returns each with its bound address."""
+        bound: list[tuple[Forward | SocksProxy, tuple[str, int]]] = []
+        try:
+            for forward in self.config.forwards:
+                on_accept = functools.partial(self._accepted, forward=forward)
+                for address in await self._listen(f"-L {forward}", forward.bind, on_accept):
+                    bound.append((forward, address))
+                    logger.info(
+                        "forwarding %s -> %s via %s",
+                        format_peer(address),
+                        forward.remote,
+                        self.config.url,
+                    )
+            for proxy in self.config.socks:
+                on_accept = functools.partial(self._accepted_socks, proxy=proxy)
+                for address in await self._listen(f"-D {proxy.bind}", proxy.bind, on_accept):
+                    bound.append((proxy, address))
+                    logger.info("SOCKS5 proxy on %s via %s", format_peer(address), self.config.url)
+            if self.config.metrics_listen is not None:
+                self._metrics_server = await serve_metrics(
+                    self.metrics, self.config.metrics_listen, logger
+                )
+        except BaseException:
+            await self.stop()
+            raise
+        return bound
+
+    async def _listen(
+        self, what: str, bind: Target, on_accept: Callable[[TcpStream], None]
+    ) -> list[tuple[str, int]]:
+        loop = asyncio.get_running_loop()
+        try:
+            server = await loop.create_server(tcp_protocol_factory(on_accept), bind.host, bind.port)
+        except OSError as exc:
+            raise OSError(
+                exc.errno, f"{what}: can't listen on {bind}: {describe_os_error(exc)}"
+            ) from exc
+        self._servers.append(server)
+        return [sock.getsockname()[:2] for sock in server.sockets]
+
+    def tunnel(self, target: Target, local: LocalEnd) -> Tunnel:
+        """A tunnel of this client: its dialer, settings, failure log and metrics."""
+        return Tunnel(
+            target,
+            local,
+            dialer=self.dialer,
+            settings=self.settings,
+            log_failure=self.failures.log,
+            metrics=self.metrics,
+        )
+
+    def _start(
+        self,
+        work: Callable[[], Coroutine[Any, Any, object]],
+        done: Callable[[asyncio.Task[object]], None] | None = None,
+    ) -> None:
+        task = asyncio.get_running_loop().create_task(work())
+        self._tunnels.add(task)
+        task.add_done_callback(done or self._tunnels.discard)
+
+    def _accepted(self, local: TcpStream, forward: Forward) -> None:
+        cap = self.config.max_tunnels
+        if cap is not None and self._open.get(forward, 0) >= cap:
+            self.failures.log(f"-L {forward}: {cap} tunnels open, the limit; resetting new ones")
+            self._start(local.abort)
+            return
+        self._open[forward] = self._open.get(forward, 0) + 1
+        tunnel = self.tunnel(forward.remote, ForwardedConnection(local))
+        self._start(tunnel.run, functools.partial(self._tunnel_done, forward=forward))
+
+    def _tunnel_done(self, task: asyncio.Task[object], forward: Forward) -> None:
+        self._tunnels.discard(task)
+        self._open[forward] -= 1
+
+    def _accepted_socks(self, local: TcpStream, proxy: SocksProxy) -> None:
+        connection = SocksConnection(
+            local, proxy, tunnel=self.tunnel, log_failure=self.failures.log
+        )
+        self._start(connection.serve)
+
+    async def drain(self, grace: float) -> None:
+        """Stop listening, give open tunnels up to ``grace`` seconds, then :meth:`stop`."""
+        for server in self._servers:
+            server.close()
+        if self._tunnels:
+            logger.info("draining: %d tunnel(s) open, grace %gs", len(self._tunnels), grace)
+            _, pending = await asyncio.wait(set(self._tunnels), timeout=grace)
+            if pending:
+                logger.info("grace period over: closing %d tunnel(s)", len(pending))
+        await self.stop()
+
+    async def stop(self) -> None:
+        """Stop listening, then end the tunnels still open."""
+        for server in self._servers:
+            server.close()
+        tunnels = list(self._tunnels)
+        for task in tunnels:
+            task.cancel()
+        await asyncio.gather(*tunnels, return_exceptions=True)
+        for server in self._servers:
+            await server.wait_closed()
+        self._servers.clear()
+        if self._metrics_server is not None:
+            self._metrics_server.close()
+            await self._metrics_server.wait_closed()
+            self._metrics_server = None
+
+
+async def run_client(config: ClientConfig, stop: asyncio.Event) -> None:
+    """Forward until ``stop`` is set, drain for ``config.grace`` seconds, then end tunnels."""
+    client = TunnelClient(config)
+    await client.start()
+    try:
+        await stop.wait()
+        logger.info("shutting down")
+        await client.drain(config.grace)
+    finally:
+        await client.stop()

@@ -1,0 +1,172 @@
+"""What wstun-client is told: :class:`ClientConfig`, the checks its options pass, describe().
+
+The click command only parses; every rule about which options go together
+is a function here, raising :class:`ConfigError` with the words to show.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+from wstun.client.forward import Forward
+from wstun.client.socks import Credentials, SocksProxy
+from wstun.common.errors import TunnelError
+from wstun.common.protocol import Target
+from wstun.common.streams import DEFAULT_READ_SIZE
+
+__all__ = [
+    "ClientConfig",
+    "ConfigError",
+    "check_modes",
+    "check_proxy_url",
+    "check_tls_options",
+    "describe",
+    "socks_credentials",
+]
+
+
+class ConfigError(TunnelError, ValueError):
+    """Options that can't work together, or a value that can't be used.
+
+    ``option`` names the option at fault, when one is; ``value`` says the
+    message is about a value (shown as "Invalid value") even without one.
+    """
+
+    def __init__(self, message: str, *, option: str | None = None, value: bool = False) -> None:
+        super().__init__(message)
+        self.option = option
+        self.value = value or option is not None
+
+
+@dataclasses.dataclass(frozen=True)
+class ClientConfig:
+    """Everything ``wstun-client`` is told on its command line."""
+
+    url: str
+    forwards: tuple[Forward, ...] = ()
+    socks: tuple[SocksProxy, ...] = ()
+    #: ``-W``: stdin/stdout are one tunnel to this target.
+    stdio: Target | None = None
+    token: str | None = None
+    connect_timeout: float = 10.0
+    idle_timeout: float | None = None
+    ping_interval: float | None = 20.0
+    ping_timeout: float | None = 20.0
+    read_size: int = DEFAULT_READ_SIZE
+    # Extra handshake headers (--header), e.g. for an access gateway.
+    headers: tuple[tuple[str, str], ...] = ()
+    # HTTP CONNECT proxy URL; True: from HTTPS_PROXY/HTTP_PROXY/NO_PROXY; None: direct.
+    proxy: str | Literal[True] | None = True
+    # wss:// verification: a PEM CA bundle instead of the system's, or none at all.
+    cacert: Path | None = None
+    insecure: bool = False
+    # Where to serve /metrics (None: not served).
+    metrics_listen: Target | None = None
+    # TCP destination instead of the URL's host and port (--connect-to); the
+    # URL's name still goes in Host, SNI and the certificate check.
+    connect_to: Target | None = None
+    # Name for SNI and the certificate check instead of the URL's (--tls-server-name).
+    tls_server_name: str | None = None
+    #: Seconds open tunnels may go on after SIGTERM before they are cut.
+    grace: float = 5.0
+    #: Tunnels open at once per -L listener (``None``: unlimited).
+    max_tunnels: int | None = None
+
+    @property
+    def secure(self) -> bool:
+        """The server is reached with ``wss://``."""
+        return self.url.lower().startswith("wss:")
+
+
+def check_modes(
+    forwards: tuple[Forward, ...], dynamic: tuple[Target, ...], stdio: Target | None
+) -> None:
+    """At least one of -L, -D, -W; -W alone."""
+    if stdio is not None and (forwards or dynamic):
+        raise ConfigError("-W uses stdin/stdout for one tunnel; it can't go with -L or -D")
+    if stdio is None and not forwards and not dynamic:
+        raise ConfigError("nothing to do: give at least one -L or -D, or -W")
+
+
+def check_tls_options(
+    url: str,
+    *,
+    cacert: Path | None,
+    insecure: bool,
+    tls_server_name: str | None,
+    connect_to: Target | None,
+    proxy: str | None,
+) -> None:
+    """The TLS options apply to wss:// only; --connect-to dials without a proxy."""
+    secure = url.lower().startswith("wss:")
+    if (cacert or insecure) and not secure:
+        option = "--cacert" if cacert else "--insecure"
+        raise ConfigError(f"{option} applies to wss:// URLs only", option=option)
+    if tls_server_name is not None and not secure:
+        raise ConfigError("applies to wss:// URLs only", option="--tls-server-name")
+    if connect_to is not None and proxy not in (None, "none"):
+        raise ConfigError("--connect-to dials directly; it can't go with --proxy")
+    if cacert and insecure:
+        raise ConfigError("--cacert and --insecure contradict each other", value=True)
+
+
+def check_proxy_url(url: str) -> None:
+    """Raise ValueError unless ``url`` is an ``http://`` or ``https://`` CONNECT proxy."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        raise ValueError(f"{url}: only http:// and https:// (CONNECT) proxies")
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a port that isn't one
+    except ValueError:
+        raise ValueError(f"{url}: invalid port") from None
+    if not parts.hostname:
+        raise ValueError(f"{url}: no proxy host")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError(f"{url}: a proxy URL has no path, query or fragment")
+
+
+def socks_credentials(user: str | None, password_file: Path | None) -> Credentials | None:
+    """Username and password for the -D ports, both or neither."""
+    if user is None and password_file is None:
+        return None
+    if user is None or password_file is None:
+        raise ConfigError("--socks-user and --socks-password-file go together")
+    try:
+        password = password_file.read_text(encoding="utf-8").rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(
+            f"can't read {password_file}: {exc}", option="--socks-password-file"
+        ) from None
+    if not 0 < len(user.encode()) <= 255 or not 0 < len(password.encode()) <= 255:
+        raise ConfigError("SOCKS5 usernames and passwords are 1 to 255 bytes (RFC 1929)")
+    return Credentials(user, password)
+
+
+def describe(config: ClientConfig) -> str:
+    """A readable summary of a configuration (for --check)."""
+    lines = [f"server: {config.url}"]
+    lines += [f"forward: {forward}" for forward in config.forwards]
+    lines += [
+        f"socks5: {socks.bind}{' (username/password)' if socks.auth else ''}"
+        for socks in config.socks
+    ]
+    if config.stdio is not None:
+        lines.append(f"stdio: {config.stdio}")
+    lines.append(f"token: {'set' if config.token else 'not set'}")
+    if config.secure:
+        cas = f"on, CAs from {config.cacert or 'the system'}"
+        lines.append(f"tls verification: {'OFF (--insecure)' if config.insecure else cas}")
+    lines += [f"header: {name}" for name, _ in config.headers]
+    if config.connect_to is not None:
+        lines.append(f"connect to: {config.connect_to} (directly)")
+    else:
+        proxy = config.proxy
+        shown = "from the environment" if proxy is True else "none" if proxy is None else proxy
+        lines.append(f"proxy: {shown}")
+    if config.tls_server_name is not None:
+        lines.append(f"tls server name: {config.tls_server_name}")
+    lines.append(f"metrics: {config.metrics_listen or 'off'}")
+    return "\n".join(lines)

@@ -1,0 +1,159 @@
+"""One tunnel of the client, from the dial to its log line, for every mode.
+
+``-L``, ``-D`` and ``-W`` differ only in their local end: a TCP connection,
+a SOCKS5 client that wants a reply code, stdin/stdout. Each is a
+:class:`LocalEnd`; everything else is :class:`Tunnel`: dial through the
+:class:`Dialer`, on a refusal count it, log it (through ``log_failure``,
+which may rate-limit) and let the local end react, otherwise relay and leave
+the tunnel's one log line.
+
+The :class:`Dialer` is the seam where the server is reached: a new way to
+get a tunnel stream (a pool of open WebSockets, a reverse tunnel's channel)
+is a new Dialer, not a new copy of this flow.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import dataclasses
+import logging
+from collections.abc import Callable
+from typing import Protocol
+
+from wstun.common.errors import HandshakeError
+from wstun.common.protocol import Target
+from wstun.common.report import (
+    TunnelCounter,
+    TunnelEnd,
+    TunnelReport,
+    new_tunnel_id,
+    relay_and_report,
+)
+from wstun.common.streams import ByteStream
+
+__all__ = ["Dialer", "LocalEnd", "Tunnel", "TunnelSettings"]
+
+logger = logging.getLogger("wstun.client")
+
+
+class Dialer(Protocol):
+    """Gives a connected tunnel stream for a target."""
+
+    async def dial(self, target: Target) -> ByteStream:
+        """A tunnel to ``target``, ready to relay.
+
+        Raises :class:`HandshakeError` when none can be had: the server
+        refused (its status and reason) or wasn't reached (status 0).
+        """
+        ...
+
+
+class TunnelHandshakeCounter(TunnelCounter, Protocol):
+    """The metrics a tunnel reports to: its start and end, and refusals by status."""
+
+    def handshake_failed(self, status: int) -> None: ...
+
+
+class LocalEnd(abc.ABC):
+    """One mode's end of a tunnel."""
+
+    #: The local end in the tunnel's log line (``127.0.0.1:51000``, ``stdio``).
+    peer: str
+    #: Its name in relay error messages.
+    name = "local"
+
+    def refusal_note(self, error: HandshakeError) -> str:
+        """Words added to the failure line (e.g. the SOCKS5 reply code sent)."""
+        return ""
+
+    @abc.abstractmethod
+    async def refused(self, error: HandshakeError) -> None:
+        """No tunnel: end the local side as this mode does (a reset, a reply code)."""
+
+    @abc.abstractmethod
+    async def opened(self, remote: ByteStream) -> ByteStream | None:
+        """The tunnel is open: the stream to relay with ``remote``.
+
+        None when the local end can't go on (it has dealt with ``remote``
+        and logged why).
+        """
+
+    @abc.abstractmethod
+    async def abandon(self) -> None:
+        """Cancelled before relaying: end the local side at once."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TunnelSettings:
+    """How every tunnel of a client relays."""
+
+    read_size: int
+    idle_timeout: float | None
+    #: The reason logged when a tunnel is cut by cancellation.
+    cancel_reason: str = "client shutting down"
+
+
+class Tunnel:
+    """One tunnel: dial ``target`` for ``local``, relay, report.
+
+    ``report`` is its log line's content, complete once :meth:`run` ends,
+    also when it ends by cancellation.
+    """
+
+    def __init__(
+        self,
+        target: Target,
+        local: LocalEnd,
+        *,
+        dialer: Dialer,
+        settings: TunnelSettings,
+        log_failure: Callable[[str], object],
+        metrics: TunnelHandshakeCounter | None = None,
+    ) -> None:
+        self.target = target
+        self.local = local
+        self.report = TunnelReport(new_tunnel_id("c"), local.peer, str(target))
+        self._dialer = dialer
+        self._settings = settings
+        self._log_failure = log_failure
+        self._metrics = metrics
+
+    async def run(self) -> TunnelReport:
+        """Carry the tunnel to its end; nothing is raised but cancellation."""
+        local, settings = self.local, self._settings
+        try:
+            remote = await self._dialer.dial(self.target)
+        except HandshakeError as exc:
+            await self._refused(exc)
+            return self.report
+        except asyncio.CancelledError:
+            await local.abandon()
+            raise
+        try:
+            stream = await local.opened(remote)
+        except asyncio.CancelledError:
+            await asyncio.gather(local.abandon(), remote.abort(settings.cancel_reason))
+            raise
+        if stream is not None:
+            await relay_and_report(
+                stream,
+                remote,
+                self.report,
+                logger,
+                read_size=settings.read_size,
+                idle_timeout=settings.idle_timeout,
+                names=(local.name, "server"),
+                cancel_reason=settings.cancel_reason,
+                counter=self._metrics,
+            )
+        return self.report
+
+    async def _refused(self, error: HandshakeError) -> None:
+        if self._metrics is not None:
+            self._metrics.handshake_failed(error.status)
+        note = self.local.refusal_note(error)
+        self._log_failure(f"tunnel to {self.target} {error.outcome}{note}")
+        self.report.end, self.report.reason = TunnelEnd.REFUSED, str(error)
+        logger.debug("%s", self.report.line())
+        await self.local.refused(error)
