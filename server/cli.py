@@ -23,7 +23,8 @@ from wstun.common.options import (
 from wstun.common.protocol import Target, normalize_prefix
 from wstun.common.runtime import configure_logging, install_stop_signals, run
 from wstun.common.streams import WS_MAX_SIZE
-from wstun.server.app import ServerConfig, run_server
+from wstun.server.app import run_server
+from wstun.server.config import ServerConfig, describe
 from wstun.server.forwarded import TrustedProxies
 from wstun.server.policy import Policy, load_policy_file
 from wstun.server.tls import server_tls_context
@@ -266,34 +267,6 @@ def _policy(
         except TargetError as exc:
             raise click.BadParameter(str(exc), param_hint="--policy-file") from None
     return policy
-
-
-def describe(config: ServerConfig) -> str:
-    """A readable summary of a configuration (for --check)."""
-    rules = ", ".join(str(rule) for rule in config.policy.allow) or "(none)"
-    denied = ", ".join(str(rule) for rule in config.policy.deny) or "(none)"
-    return "\n".join(
-        [
-            f"listen: {config.listen}",
-            f"path: {config.path}",
-            f"allow: {rules}",
-            f"deny: {denied}",
-            f"default target: {config.default_target or '(none)'}",
-            f"token: {'set' if config.token else 'not set'}",
-            f"connect timeout: {config.connect_timeout:g}s",
-            f"idle timeout: {config.idle_timeout or 'off'}",
-            f"ping interval: {config.ping_interval or 'off'}",
-            f"ping timeout: {config.ping_timeout or 'off'}",
-            f"trusted proxies: {config.trusted_proxies}",
-            f"tls: {'on' if config.tls else 'off'}",
-            f"metrics: {config.metrics_listen or 'off'}",
-            f"grace: {config.grace:g}s",
-            f"max connections: {config.max_connections or 'unlimited'}",
-            f"max per client: {config.max_per_client or 'unlimited'}",
-            f"handshake timeout: {config.handshake_timeout:g}s",
-            f"max message size: {config.max_message_size}",
-        ]
-    )
 
 
 async def _serve(config: ServerConfig) -> int:

@@ -1,5 +1,9 @@
 """Resolve a target's name, let the policy pick addresses, dial exactly those.
 
+:class:`TargetDialer` is that whole step for one server, wherever the target
+was named: it answers with a connected stream or with the refusal (403,
+502, 504) the client is told.
+
 The server never hands a name to ``connect``: it resolves once, the policy
 decides on the resulting addresses, and only the addresses it kept are
 dialled, so a name can't resolve to one address for the check and another
@@ -10,11 +14,15 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from collections.abc import Awaitable, Callable, Sequence
 
+from wstun.common.errors import describe_os_error
+from wstun.common.protocol import Failure, HandshakeRejection, Target
 from wstun.common.streams import TcpStream, open_tcp
+from wstun.server.policy import Policy
 
-__all__ = ["Resolver", "dial_first", "resolve"]
+__all__ = ["Resolver", "TargetDialer", "dial_first", "resolve"]
 
 #: ``(host, port) -> addresses``; injectable so tests need no DNS.
 Resolver = Callable[[str, int], Awaitable[Sequence[str]]]
@@ -49,3 +57,64 @@ async def dial_first(addresses: Sequence[str], port: int) -> TcpStream:
             error = exc
     assert error is not None, "dial_first needs at least one address"
     raise error
+
+
+class TargetDialer:
+    """Checks a target against ``policy`` and dials it within ``connect_timeout``.
+
+    ``observe_dial`` is told how long each dial took (a policy refusal is
+    not a dial); ``resolver`` turns names into addresses (injectable, so
+    tests need no DNS).
+    """
+
+    def __init__(
+        self,
+        policy: Policy,
+        connect_timeout: float,
+        *,
+        resolver: Resolver = resolve,
+        observe_dial: Callable[[float], object] = lambda seconds: None,
+    ) -> None:
+        self.policy = policy
+        self.connect_timeout = connect_timeout
+        self._resolve = resolver
+        self._observe_dial = observe_dial
+
+    async def _addresses(self, target: Target) -> Sequence[str] | HandshakeRejection:
+        """Resolve ``target`` and keep the addresses the policy allows (403 if none)."""
+        if not self.policy.may_allow(target):
+            return HandshakeRejection(Failure.FORBIDDEN, f"target not allowed: {target}")
+        try:
+            resolved = await self._resolve(target.host, target.port)
+        except OSError as exc:
+            return HandshakeRejection(
+                Failure.TARGET_UNREACHABLE,
+                f"target {target}: name does not resolve ({describe_os_error(exc)})",
+            )
+        decision = self.policy.decide(target, resolved)
+        if not decision.allowed:
+            return HandshakeRejection(Failure.FORBIDDEN, decision.reason)
+        return decision.addresses
+
+    async def dial(self, target: Target) -> TcpStream | HandshakeRejection:
+        """Resolve, check and dial ``target`` within the connect timeout."""
+        timeout = self.connect_timeout
+        started: float | None = None
+        try:
+            async with asyncio.timeout(timeout):
+                addresses = await self._addresses(target)
+                if isinstance(addresses, HandshakeRejection):
+                    return addresses
+                started = time.monotonic()
+                return await dial_first(addresses, target.port)
+        except TimeoutError:
+            return HandshakeRejection(
+                Failure.TARGET_TIMEOUT, f"target {target} did not answer within {timeout:g}s"
+            )
+        except OSError as exc:
+            return HandshakeRejection(
+                Failure.TARGET_UNREACHABLE, f"target {target}: {describe_os_error(exc)}"
+            )
+        finally:
+            if started is not None:  # a dial happened (policy refusals are not dials)
+                self._observe_dial(time.monotonic() - started)

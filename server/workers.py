@@ -22,7 +22,7 @@ import traceback
 from collections.abc import Callable
 
 from wstun.common.protocol import Target
-from wstun.server.app import ServerConfig
+from wstun.server.config import ServerConfig
 
 __all__ = ["run_workers"]
 

@@ -25,7 +25,8 @@ from wstun.client.config import ClientConfig
 from wstun.client.forward import Forward
 from wstun.common.protocol import Target
 from wstun.common.runtime import run
-from wstun.server.app import ServerConfig, TunnelServer
+from wstun.server.app import TunnelServer
+from wstun.server.config import ServerConfig
 from wstun.server.policy import Policy
 
 T = TypeVar("T")

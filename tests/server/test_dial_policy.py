@@ -10,7 +10,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 import pytest
 
 from wstun.common.protocol import Target
-from wstun.server.app import ServerConfig, TunnelServer
+from wstun.server.app import TunnelServer
+from wstun.server.config import ServerConfig
 from wstun.server.policy import Policy
 from wstun.server.targets import Resolver, resolve
 

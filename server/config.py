@@ -1,0 +1,77 @@
+"""What wstun-server is told: :class:`ServerConfig`, and describe() for ``--check``."""
+
+from __future__ import annotations
+
+import dataclasses
+import ssl
+
+from wstun.common.protocol import Target, normalize_prefix
+from wstun.common.streams import DEFAULT_READ_SIZE, WS_MAX_SIZE
+from wstun.server.forwarded import TrustedProxies
+from wstun.server.policy import Policy
+
+__all__ = ["ServerConfig", "describe"]
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerConfig:
+    """Everything ``wstun-server`` is told on its command line."""
+
+    listen: Target = dataclasses.field(default_factory=lambda: Target("127.0.0.1", 8080))
+    path: str = "/"
+    policy: Policy = dataclasses.field(default_factory=Policy)
+    default_target: Target | None = None
+    token: str | None = None
+    connect_timeout: float = 10.0
+    idle_timeout: float | None = None
+    ping_interval: float | None = 20.0
+    ping_timeout: float | None = 20.0
+    read_size: int = DEFAULT_READ_SIZE
+    # Peers allowed to state the client address in X-Forwarded-For/X-Real-IP.
+    trusted_proxies: TrustedProxies = dataclasses.field(default_factory=TrustedProxies)
+    # TLS in the server itself (None: plain ws://, e.g. behind a TLS proxy).
+    tls: ssl.SSLContext | None = None
+    # Where to serve /metrics (None: not served).
+    metrics_listen: Target | None = None
+    #: Seconds open tunnels may go on after SIGTERM before they are closed (1001).
+    grace: float = 5.0
+    #: Tunnels at once, in total and per client address (``None``: unlimited).
+    max_connections: int | None = None
+    max_per_client: int | None = None
+    #: Seconds a client has to complete its opening handshake.
+    handshake_timeout: float = 10.0
+    #: Largest WebSocket message accepted (bigger ones close with 1009).
+    max_message_size: int = WS_MAX_SIZE
+    #: Listen with SO_REUSEPORT, so --workers processes share the port.
+    reuse_port: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", normalize_prefix(self.path))
+
+
+def describe(config: ServerConfig) -> str:
+    """A readable summary of a configuration (for --check)."""
+    rules = ", ".join(str(rule) for rule in config.policy.allow) or "(none)"
+    denied = ", ".join(str(rule) for rule in config.policy.deny) or "(none)"
+    return "\n".join(
+        [
+            f"listen: {config.listen}",
+            f"path: {config.path}",
+            f"allow: {rules}",
+            f"deny: {denied}",
+            f"default target: {config.default_target or '(none)'}",
+            f"token: {'set' if config.token else 'not set'}",
+            f"connect timeout: {config.connect_timeout:g}s",
+            f"idle timeout: {config.idle_timeout or 'off'}",
+            f"ping interval: {config.ping_interval or 'off'}",
+            f"ping timeout: {config.ping_timeout or 'off'}",
+            f"trusted proxies: {config.trusted_proxies}",
+            f"tls: {'on' if config.tls else 'off'}",
+            f"metrics: {config.metrics_listen or 'off'}",
+            f"grace: {config.grace:g}s",
+            f"max connections: {config.max_connections or 'unlimited'}",
+            f"max per client: {config.max_per_client or 'unlimited'}",
+            f"handshake timeout: {config.handshake_timeout:g}s",
+            f"max message size: {config.max_message_size}",
+        ]
+    )

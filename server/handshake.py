@@ -1,0 +1,71 @@
+"""What an upgrade request must pass before its target is even looked at.
+
+:class:`RequestChecks` applies, in order: a request line in ASCII, the
+tunnel endpoint's path (404), an ``Upgrade: websocket`` header (426), the
+request line and WebSocket headers (405, 505, 400, 426), the query string
+(400) and the token (401), then names the target (``?to=`` or the server's
+default; 400). The target's policy and the dial come after, in
+:class:`~wstun.server.targets.TargetDialer`, so that a target named another
+way (in-band, after the upgrade) passes exactly the same checks.
+"""
+
+from __future__ import annotations
+
+import hmac
+from urllib.parse import urlsplit
+
+from websockets.datastructures import Headers
+from websockets.http11 import Request
+
+from wstun.common.protocol import (
+    AUTHORIZATION_HEADER,
+    Failure,
+    HandshakeRejection,
+    Target,
+    bearer_token,
+    path_matches,
+    target_from_query,
+)
+from wstun.server.badinput import NOT_ASCII, handshake_problem, query_problem
+
+__all__ = ["RequestChecks"]
+
+
+class RequestChecks:
+    """The request-level checks of one server: its path, its token, its default target."""
+
+    def __init__(self, path: str, token: str | None, default_target: Target | None) -> None:
+        self.path = path
+        self._token = token.encode() if token else None
+        self._default_target = default_target
+
+    def check_token(self, headers: Headers) -> HandshakeRejection | None:
+        """401 unless the request carries the server's bearer token (if it has one)."""
+        if self._token is None:
+            return None
+        token = bearer_token(headers.get(AUTHORIZATION_HEADER))
+        if token is None:
+            return HandshakeRejection(Failure.UNAUTHORIZED, "missing bearer token")
+        if not hmac.compare_digest(token.encode(), self._token):
+            return HandshakeRejection(Failure.UNAUTHORIZED, "invalid token")
+        return None
+
+    def check(self, request: Request) -> Target | HandshakeRejection:
+        """Path, upgrade, request, query, token and target, in that order."""
+        if not request.path.isascii():
+            return NOT_ASCII  # websockets < 17 lets it through; no answer may quote it
+        url = urlsplit(request.path)
+        if not path_matches(url.path, self.path):
+            return HandshakeRejection(Failure.NOT_FOUND, f"no tunnel endpoint at {url.path}")
+        if "websocket" not in request.headers.get("Upgrade", "").lower():
+            return HandshakeRejection(
+                Failure.UPGRADE_REQUIRED, "this is a WebSocket tunnel endpoint; upgrade required"
+            )
+        rejection = (
+            handshake_problem(request)
+            or query_problem(url.query, self._token)
+            or self.check_token(request.headers)
+        )
+        if rejection is not None:
+            return rejection
+        return target_from_query(url.query, self._default_target)
