@@ -13,7 +13,6 @@ import click
 from wstun.client.app import run_client
 from wstun.client.config import (
     ClientConfig,
-    ConfigError,
     check_modes,
     check_proxy_url,
     check_tls_options,
@@ -24,15 +23,17 @@ from wstun.client.forward import Forward, parse_forward
 from wstun.client.headers import parse_header
 from wstun.client.socks import SocksProxy
 from wstun.client.stdio import stdio_main
-from wstun.common import __version__
 from wstun.common.errors import TargetError
 from wstun.common.options import (
     ENV_PREFIX,
     LISTEN,
     TARGET,
     common_options,
+    connect_timeout_option,
     load_token,
     seconds_or_off,
+    usage_errors,
+    wstun_command,
 )
 from wstun.common.protocol import Target, build_tunnel_url
 from wstun.common.runtime import configure_logging, install_stop_signals, run
@@ -83,14 +84,7 @@ def _check_url(ctx: click.Context, param: click.Parameter, value: str) -> str:
     return value
 
 
-@click.command(
-    context_settings={"auto_envvar_prefix": ENV_PREFIX, "help_option_names": ["-h", "--help"]},
-    epilog=(
-        "Every option can also be set in the environment as WSTUN_<OPTION>, e.g. "
-        "WSTUN_LOCAL='5432:db:5432 6379:cache:6379'. The token comes from "
-        "--token-file or WSTUN_TOKEN and is sent as 'Authorization: Bearer <token>'."
-    ),
-)
+@wstun_command("WSTUN_LOCAL='5432:db:5432 6379:cache:6379'")
 @click.argument("url", envvar=f"{ENV_PREFIX}_URL", callback=_check_url)
 @click.option(
     "-L",
@@ -131,13 +125,6 @@ def _check_url(ctx: click.Context, param: click.Parameter, value: str) -> str:
     "(logs only warnings unless --log-level is given).",
 )
 @click.option(
-    "--connect-timeout",
-    type=click.FloatRange(min=0, min_open=True),
-    default=10.0,
-    show_default=True,
-    help="Seconds to wait for the server's WebSocket handshake.",
-)
-@click.option(
     "--cacert",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="Verify the wss:// server's certificate against this PEM CA bundle "
@@ -176,20 +163,14 @@ def _check_url(ctx: click.Context, param: click.Parameter, value: str) -> str:
     help="Name for SNI and the wss:// certificate check instead of the URL's host.",
 )
 @click.option(
-    "--metrics-listen",
-    type=LISTEN,
-    help="Serve Prometheus metrics at http://HOST:PORT/metrics (off unless given).",
-)
-@click.option(
     "--max-tunnels",
     type=click.IntRange(min=0),
     default=0,
     show_default=True,
     help="Tunnels open at once per -L listener (0: unlimited); more are reset.",
 )
-@common_options
-@click.option("--check", is_flag=True, help="Validate the options, print the result and exit.")
-@click.version_option(__version__, prog_name="wstun-client")
+@connect_timeout_option("Seconds to wait for the server's WebSocket handshake.")
+@common_options("wstun-client")
 @click.pass_context
 def main(
     ctx: click.Context,
@@ -228,7 +209,7 @@ def main(
     \b
       ssh -o ProxyCommand='wstun-client -W %h:%p ws://127.0.0.1:8080/' host
     """
-    try:
+    with usage_errors():
         check_modes(forwards, dynamic, stdio_target)
         auth = socks_credentials(socks_user, socks_password_file)
         check_tls_options(
@@ -239,10 +220,7 @@ def main(
             connect_to=connect_to,
             proxy=proxy,
         )
-    except ConfigError as exc:
-        if exc.value:
-            raise click.BadParameter(str(exc), param_hint=exc.option) from None
-        raise click.UsageError(str(exc)) from None
+        token = load_token(token_file)
     if stdio_target is not None and (
         ctx.get_parameter_source("log_level") is click.core.ParameterSource.DEFAULT
     ):
@@ -252,7 +230,7 @@ def main(
         forwards=forwards,
         socks=tuple(SocksProxy(bind, auth) for bind in dynamic),
         stdio=stdio_target,
-        token=load_token(token_file),
+        token=token,
         connect_timeout=connect_timeout,
         idle_timeout=seconds_or_off(idle_timeout),
         ping_interval=seconds_or_off(ping_interval),

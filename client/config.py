@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 from wstun.client.forward import Forward
 from wstun.client.socks import Credentials, SocksProxy
-from wstun.common.errors import TunnelError
+from wstun.common.errors import ConfigError
 from wstun.common.protocol import Target
 from wstun.common.streams import DEFAULT_READ_SIZE
 
@@ -26,19 +26,6 @@ __all__ = [
     "describe",
     "socks_credentials",
 ]
-
-
-class ConfigError(TunnelError, ValueError):
-    """Options that can't work together, or a value that can't be used.
-
-    ``option`` names the option at fault, when one is; ``value`` says the
-    message is about a value (shown as "Invalid value") even without one.
-    """
-
-    def __init__(self, message: str, *, option: str | None = None, value: bool = False) -> None:
-        super().__init__(message)
-        self.option = option
-        self.value = value or option is not None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from wstun.client.tunnel import LocalEnd, Tunnel
-from wstun.common.errors import HandshakeError, StreamError
+from wstun.common.errors import HandshakeError, SocksError, StreamError
 from wstun.common.protocol import Target
 from wstun.common.report import format_peer
 from wstun.common.streams import ByteStream, PrefixedStream, TcpStream
@@ -107,19 +107,6 @@ class Reply(enum.IntEnum):
     TTL_EXPIRED = 0x06
     COMMAND_NOT_SUPPORTED = 0x07
     ADDRESS_TYPE_NOT_SUPPORTED = 0x08
-
-
-class SocksError(Exception):
-    """Input that breaks the protocol; the connection is answered, then closed.
-
-    ``answer`` holds the bytes to send before closing (a reply with an error
-    code, or a method selection of 0xFF); empty when the peer gets no answer,
-    e.g. a greeting that isn't SOCKS5 at all.
-    """
-
-    def __init__(self, message: str, answer: bytes = b"") -> None:
-        super().__init__(message)
-        self.answer = answer
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,6 +14,10 @@ original exception stays reachable as ``__cause__``.
 - :class:`RelayError`: a relay ended on an error; carries the partial
   payload counts and which stream failed in which operation.
 - :class:`IdleTimeout`: a relay closed because no payload moved.
+- :class:`ConfigError`: options that can't be used (together); the commands
+  show it as a usage error.
+- :class:`SocksError`: a SOCKS5 client broke the protocol; carries the
+  answer to send it before closing.
 """
 
 from __future__ import annotations
@@ -21,9 +25,11 @@ from __future__ import annotations
 import errno
 
 __all__ = [
+    "ConfigError",
     "HandshakeError",
     "IdleTimeout",
     "RelayError",
+    "SocksError",
     "StreamBroken",
     "StreamClosed",
     "StreamError",
@@ -98,6 +104,32 @@ class RelayError(TunnelError):
 
 class IdleTimeout(RelayError):
     """No payload moved in either direction for the configured time."""
+
+
+class ConfigError(TunnelError, ValueError):
+    """Options that can't work together, or a value that can't be used.
+
+    ``option`` names the option at fault, when one is; ``value`` says the
+    message is about a value (shown as "Invalid value") even without one.
+    """
+
+    def __init__(self, message: str, *, option: str | None = None, value: bool = False) -> None:
+        super().__init__(message)
+        self.option = option
+        self.value = value or option is not None
+
+
+class SocksError(TunnelError):
+    """Input that breaks the SOCKS5 protocol; the connection is answered, then closed.
+
+    ``answer`` holds the bytes to send before closing (a reply with an error
+    code, or a method selection of 0xFF); empty when the peer gets no answer,
+    e.g. a greeting that isn't SOCKS5 at all.
+    """
+
+    def __init__(self, message: str, answer: bytes = b"") -> None:
+        super().__init__(message)
+        self.answer = answer
 
 
 _ERRNO_TEXT = {

@@ -1,15 +1,18 @@
-"""Command-line pieces both commands share: value types, common options, token."""
+"""Command-line pieces both commands share: the command itself, value types, the
+options that mean the same on both sides, the token, and ConfigError's display."""
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
-from wstun.common.errors import TargetError
+from wstun.common import __version__
+from wstun.common.errors import ConfigError, TargetError
 from wstun.common.protocol import Target, parse_listen, parse_target
 
 __all__ = [
@@ -17,8 +20,11 @@ __all__ = [
     "LISTEN",
     "TARGET",
     "common_options",
+    "connect_timeout_option",
     "load_token",
     "seconds_or_off",
+    "usage_errors",
+    "wstun_command",
 ]
 
 #: Every option can also come from WSTUN_<OPTION_NAME>, e.g. WSTUN_PING_INTERVAL.
@@ -64,9 +70,41 @@ def seconds_or_off(value: float) -> float | None:
     return value if value > 0 else None
 
 
-def common_options(func: F) -> F:
-    """Options that mean the same on both sides."""
+def wstun_command(environment_example: str) -> Callable[[F], click.Command]:
+    """A wstun command: WSTUN_<OPTION> for every option, -h, and an epilog saying so."""
+    return click.command(
+        context_settings={"auto_envvar_prefix": ENV_PREFIX, "help_option_names": ["-h", "--help"]},
+        epilog=(
+            f"Every option can also be set in the environment as {ENV_PREFIX}_<OPTION>, e.g. "
+            f"{environment_example}. The token comes from --token-file or {ENV_PREFIX}_TOKEN "
+            "and is sent as 'Authorization: Bearer <token>'."
+        ),
+    )
+
+
+def connect_timeout_option(help: str) -> Callable[[F], F]:
+    """``--connect-timeout S``: what it waits for differs by side, the option doesn't."""
+    return click.option(
+        "--connect-timeout",
+        type=click.FloatRange(min=0, min_open=True),
+        default=10.0,
+        show_default=True,
+        help=help,
+    )
+
+
+def common_options(prog_name: str) -> Callable[[F], F]:
+    """Options that mean the same on both sides, ``--check`` and ``--version`` included."""
+    return lambda func: _common_options(func, prog_name)
+
+
+def _common_options(func: F, prog_name: str) -> F:
     decorators = [
+        click.option(
+            "--metrics-listen",
+            type=LISTEN,
+            help="Serve Prometheus metrics at http://HOST:PORT/metrics (off unless given).",
+        ),
         click.option(
             "--token-file",
             type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -107,23 +145,40 @@ def common_options(func: F) -> F:
             show_default=True,
             help="Log verbosity; each tunnel logs one line at info when it ends.",
         ),
+        click.option(
+            "--check", is_flag=True, help="Validate the options, print the result and exit."
+        ),
+        click.version_option(__version__, prog_name=prog_name),
     ]
     for decorator in reversed(decorators):
         func = decorator(func)
     return func
 
 
+@contextlib.contextmanager
+def usage_errors() -> Iterator[None]:
+    """Show a :class:`ConfigError` as click shows a bad option: exit 2, one message."""
+    try:
+        yield
+    except ConfigError as exc:
+        if exc.value:
+            raise click.BadParameter(str(exc), param_hint=exc.option) from None
+        raise click.UsageError(str(exc)) from None
+
+
 def load_token(token_file: Path | None) -> str | None:
-    """The token from ``--token-file``, else ``WSTUN_TOKEN``, else ``None``."""
+    """The token from ``--token-file``, else ``WSTUN_TOKEN``, else ``None``.
+
+    Raises :class:`ConfigError` for a file that can't be read or is empty,
+    and for a token that can't go in a header.
+    """
     if token_file is not None:
         try:
             token = token_file.read_text(encoding="utf-8").strip()
         except (OSError, UnicodeDecodeError) as exc:
-            raise click.BadParameter(
-                f"can't read {token_file}: {exc}", param_hint="--token-file"
-            ) from None
+            raise ConfigError(f"can't read {token_file}: {exc}", option="--token-file") from None
         if not token:
-            raise click.BadParameter(f"{token_file} is empty", param_hint="--token-file")
+            raise ConfigError(f"{token_file} is empty", option="--token-file")
         source = str(token_file)
     else:
         token = os.environ.get(f"{ENV_PREFIX}_TOKEN", "").strip()
@@ -131,5 +186,7 @@ def load_token(token_file: Path | None) -> str | None:
             return None
         source = f"{ENV_PREFIX}_TOKEN"
     if any(ch.isspace() or not ch.isprintable() for ch in token):
-        raise click.BadParameter(f"the token in {source} contains whitespace or control characters")
+        raise ConfigError(
+            f"the token in {source} contains whitespace or control characters", value=True
+        )
     return token

@@ -4,30 +4,35 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import ssl
 import sys
 from pathlib import Path
 
 import click
 
-from wstun.common import __version__
-from wstun.common.errors import TargetError
 from wstun.common.options import (
     ENV_PREFIX,
     LISTEN,
     TARGET,
     common_options,
+    connect_timeout_option,
     load_token,
     seconds_or_off,
+    usage_errors,
+    wstun_command,
 )
-from wstun.common.protocol import Target, normalize_prefix
+from wstun.common.protocol import Target
 from wstun.common.runtime import configure_logging, install_stop_signals, run
 from wstun.common.streams import WS_MAX_SIZE
 from wstun.server.app import run_server
-from wstun.server.config import ServerConfig, describe
-from wstun.server.forwarded import TrustedProxies
-from wstun.server.policy import Policy, load_policy_file
-from wstun.server.tls import server_tls_context
+from wstun.server.config import (
+    ServerConfig,
+    check_workers,
+    describe,
+    policy_from,
+    prefix_option,
+    tls_context,
+    trusted_proxies,
+)
 from wstun.server.workers import run_workers
 
 __all__ = ["main"]
@@ -35,15 +40,7 @@ __all__ = ["main"]
 logger = logging.getLogger("wstun.server")
 
 
-@click.command(
-    context_settings={"auto_envvar_prefix": ENV_PREFIX, "help_option_names": ["-h", "--help"]},
-    epilog=(
-        "Every option can also be set in the environment as WSTUN_<OPTION>, e.g. "
-        "WSTUN_LISTEN=0.0.0.0:8080 or WSTUN_ALLOW='db:5432 cache:6379'. "
-        "The token comes from --token-file or WSTUN_TOKEN; clients send it as "
-        "'Authorization: Bearer <token>'."
-    ),
-)
+@wstun_command("WSTUN_LISTEN=0.0.0.0:8080 or WSTUN_ALLOW='db:5432 cache:6379'")
 @click.option(
     "--listen",
     type=LISTEN,
@@ -89,13 +86,6 @@ logger = logging.getLogger("wstun.server")
     help="Target for clients that name none (allowed implicitly).",
 )
 @click.option(
-    "--connect-timeout",
-    type=click.FloatRange(min=0, min_open=True),
-    default=10.0,
-    show_default=True,
-    help="Seconds to wait for the target to accept (504 after that).",
-)
-@click.option(
     "--trusted-proxy",
     "trusted_proxy",
     multiple=True,
@@ -112,11 +102,6 @@ logger = logging.getLogger("wstun.server")
     "--tls-key",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="Private key for --tls-cert (PEM; default: inside the --tls-cert file).",
-)
-@click.option(
-    "--metrics-listen",
-    type=LISTEN,
-    help="Serve Prometheus metrics at http://HOST:PORT/metrics (off unless given).",
 )
 @click.option(
     "--max-connections",
@@ -154,9 +139,8 @@ logger = logging.getLogger("wstun.server")
     help="Server processes sharing the listening port (SO_REUSEPORT); "
     "one per core uses the whole machine.",
 )
-@common_options
-@click.option("--check", is_flag=True, help="Validate the options, print the result and exit.")
-@click.version_option(__version__, prog_name="wstun-server")
+@connect_timeout_option("Seconds to wait for the target to accept (504 after that).")
+@common_options("wstun-server")
 def main(
     listen: Target,
     path_prefix: str,
@@ -188,33 +172,25 @@ def main(
     Example:
       wstun-server --listen 127.0.0.1:8080 --allow 127.0.0.1:6379
     """
-    try:
-        path = normalize_prefix(path_prefix)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--path") from None
-    policy = _policy(allow, deny, policy_file, default_target)
-    if workers > 1 and metrics_listen is not None:
-        # Each worker counts only its own tunnels, and only one could bind the port.
-        raise click.UsageError(
-            "--metrics-listen works with one worker only: each worker would count only "
-            "its own tunnels"
-        )
-    try:
-        trusted = TrustedProxies(trusted_proxy)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--trusted-proxy") from None
+    with usage_errors():
+        path = prefix_option(path_prefix)
+        policy = policy_from(allow, deny, policy_file, default_target)
+        check_workers(workers, metrics_listen)
+        trusted = trusted_proxies(trusted_proxy)
+        tls = tls_context(tls_cert, tls_key)
+        token = load_token(token_file)
     config = ServerConfig(
         listen=listen,
         path=path,
         policy=policy,
         default_target=default_target,
-        token=load_token(token_file),
+        token=token,
         connect_timeout=connect_timeout,
         idle_timeout=seconds_or_off(idle_timeout),
         ping_interval=seconds_or_off(ping_interval),
         ping_timeout=seconds_or_off(ping_timeout),
         trusted_proxies=trusted,
-        tls=_tls_context(tls_cert, tls_key),
+        tls=tls,
         metrics_listen=metrics_listen,
         grace=grace,
         max_connections=max_connections or None,
@@ -230,43 +206,6 @@ def main(
     if not policy.rules:
         logger.warning("no --allow rule and no --to: every tunnel will be refused with 403")
     sys.exit(run_workers(config, workers, lambda cfg: run(lambda: _serve(cfg))))
-
-
-def _tls_context(cert: Path | None, key: Path | None) -> ssl.SSLContext | None:
-    if cert is None:
-        if key is not None:
-            raise click.BadParameter("--tls-key needs --tls-cert", param_hint="--tls-key")
-        return None
-    try:
-        return server_tls_context(cert, key)
-    except (OSError, ssl.SSLError) as exc:
-        raise click.BadParameter(
-            f"can't load {cert}{f' / {key}' if key else ''}: {exc}", param_hint="--tls-cert"
-        ) from None
-
-
-def _policy(
-    allow: tuple[str, ...],
-    deny: tuple[str, ...],
-    policy_file: Path | None,
-    default_target: Target | None,
-) -> Policy:
-    """The command line's rules, then the policy file's; a bad rule is a usage error."""
-    extra = (default_target,) if default_target else ()
-    try:
-        policy = Policy.from_patterns(allow, *extra)
-    except TargetError as exc:
-        raise click.BadParameter(str(exc), param_hint="--allow") from None
-    try:
-        policy = policy.merged(Policy.from_patterns((), deny=deny))
-    except TargetError as exc:
-        raise click.BadParameter(str(exc), param_hint="--deny") from None
-    if policy_file is not None:
-        try:
-            policy = policy.merged(load_policy_file(policy_file))
-        except TargetError as exc:
-            raise click.BadParameter(str(exc), param_hint="--policy-file") from None
-    return policy
 
 
 async def _serve(config: ServerConfig) -> int:

@@ -1,16 +1,31 @@
-"""What wstun-server is told: :class:`ServerConfig`, and describe() for ``--check``."""
+"""What wstun-server is told: :class:`ServerConfig`, the checks its options pass, describe().
+
+Each check turns the option values into what the config holds, or raises
+:class:`ConfigError` naming the option; the click command only parses.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import ssl
+from pathlib import Path
 
+from wstun.common.errors import ConfigError, TargetError
 from wstun.common.protocol import Target, normalize_prefix
 from wstun.common.streams import DEFAULT_READ_SIZE, WS_MAX_SIZE
 from wstun.server.forwarded import TrustedProxies
-from wstun.server.policy import Policy
+from wstun.server.policy import Policy, load_policy_file
+from wstun.server.tls import server_tls_context
 
-__all__ = ["ServerConfig", "describe"]
+__all__ = [
+    "ServerConfig",
+    "check_workers",
+    "describe",
+    "policy_from",
+    "prefix_option",
+    "tls_context",
+    "trusted_proxies",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,3 +90,67 @@ def describe(config: ServerConfig) -> str:
             f"max message size: {config.max_message_size}",
         ]
     )
+
+
+def prefix_option(prefix: str) -> str:
+    """``--path``, made canonical."""
+    try:
+        return normalize_prefix(prefix)
+    except ValueError as exc:
+        raise ConfigError(str(exc), option="--path") from None
+
+
+def policy_from(
+    allow: tuple[str, ...],
+    deny: tuple[str, ...],
+    policy_file: Path | None,
+    default_target: Target | None,
+) -> Policy:
+    """The command line's rules, then the policy file's; a bad rule names its option."""
+    extra = (default_target,) if default_target else ()
+    try:
+        policy = Policy.from_patterns(allow, *extra)
+    except TargetError as exc:
+        raise ConfigError(str(exc), option="--allow") from None
+    try:
+        policy = policy.merged(Policy.from_patterns((), deny=deny))
+    except TargetError as exc:
+        raise ConfigError(str(exc), option="--deny") from None
+    if policy_file is not None:
+        try:
+            policy = policy.merged(load_policy_file(policy_file))
+        except TargetError as exc:
+            raise ConfigError(str(exc), option="--policy-file") from None
+    return policy
+
+
+def check_workers(workers: int, metrics_listen: Target | None) -> None:
+    """Metrics need one worker: each would count only its own tunnels, and only one
+    could bind the port."""
+    if workers > 1 and metrics_listen is not None:
+        raise ConfigError(
+            "--metrics-listen works with one worker only: each worker would count only "
+            "its own tunnels"
+        )
+
+
+def trusted_proxies(cidrs: tuple[str, ...]) -> TrustedProxies:
+    """``--trusted-proxy`` addresses and networks."""
+    try:
+        return TrustedProxies(cidrs)
+    except ValueError as exc:
+        raise ConfigError(str(exc), option="--trusted-proxy") from None
+
+
+def tls_context(cert: Path | None, key: Path | None) -> ssl.SSLContext | None:
+    """TLS in the server from ``--tls-cert``/``--tls-key``, or None without them."""
+    if cert is None:
+        if key is not None:
+            raise ConfigError("--tls-key needs --tls-cert", option="--tls-key")
+        return None
+    try:
+        return server_tls_context(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(
+            f"can't load {cert}{f' / {key}' if key else ''}: {exc}", option="--tls-cert"
+        ) from None
