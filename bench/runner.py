@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from .report import Results, write_json, write_markdown, write_plot
-from .tunnels import TUNNELS, RunningTunnel, TunnelSpec, tool_versions
+from .tunnels import TUNNELS, RunningTunnel, TunnelSpec, add_baseline, tool_versions
 from .workloads import (
     Sizes,
     Targets,
@@ -277,6 +277,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--name", help="results file name (default: the profile)")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="results directory")
     parser.add_argument("--notes", type=Path, help="a Markdown file appended as Notes")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        metavar="BIN_DIR",
+        help="also run wstun-base: the wstun-server/wstun-client in BIN_DIR (another build's "
+        "venv/bin), to compare two builds in one run",
+    )
     args = parser.parse_args(argv)
 
     rounds, sizes = PROFILES[args.profile]
@@ -289,6 +296,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 sizes, scale_counts=tuple(int(n) for n in args.scale.split(","))
             )
     tunnels = [t for t in args.tunnels.split(",") if t]
+    if args.baseline is not None:
+        try:
+            tunnels.append(add_baseline(args.baseline.resolve()))
+        except FileNotFoundError as exc:
+            parser.error(str(exc))
     workloads = [w for w in args.workloads.split(",") if w]
     for name in tunnels:
         if name not in TUNNELS:

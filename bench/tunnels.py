@@ -17,7 +17,14 @@ from pathlib import Path
 
 from .procs import Proc, free_port, wait_listening
 
-__all__ = ["TUNNELS", "RunningTunnel", "TunnelSpec", "find_tool", "tool_versions"]
+__all__ = [
+    "TUNNELS",
+    "RunningTunnel",
+    "TunnelSpec",
+    "add_baseline",
+    "find_tool",
+    "tool_versions",
+]
 
 
 def find_tool(name: str) -> str:
@@ -128,12 +135,17 @@ def _websockify(target: int, logdir: Path) -> RunningTunnel:
     return _websocat_client(ws_port, logdir, [server])
 
 
-def _wstun(*server_args: str) -> Starter:
+def _wstun(*server_args: str, bin_dir: Path | None = None) -> Starter:
+    """wstun with ``server_args``; from ``bin_dir`` (another build's) if given."""
+
+    def tool(name: str) -> str:
+        return str(bin_dir / name) if bin_dir is not None else find_tool(name)
+
     def start(target: int, logdir: Path) -> RunningTunnel:
         server = Proc(
             "wstun-server",
             [
-                find_tool("wstun-server"),
+                tool("wstun-server"),
                 "--listen",
                 "127.0.0.1:0",
                 "--allow",
@@ -147,7 +159,7 @@ def _wstun(*server_args: str) -> Starter:
         client = Proc(
             "wstun-client",
             [
-                find_tool("wstun-client"),
+                tool("wstun-client"),
                 "-L",
                 f"0:127.0.0.1:{target}",
                 f"ws://127.0.0.1:{ws_port}/",
@@ -192,6 +204,19 @@ TUNNELS: dict[str, TunnelSpec] = {
         ),
     ]
 }
+
+
+def add_baseline(bin_dir: Path) -> str:
+    """Add ``wstun-base``: wstun as built in another install (its ``bin`` directory),
+    to compare two builds in one run. Returns the tunnel's name."""
+    for name in ("wstun-server", "wstun-client"):
+        if not (bin_dir / name).exists():
+            raise FileNotFoundError(f"{bin_dir / name} not found: --baseline takes a bin directory")
+    version = _version([str(bin_dir / "wstun-server"), "--version"])
+    TUNNELS["wstun-base"] = TunnelSpec(
+        "wstun-base", _wstun(bin_dir=bin_dir), note=f"wstun from {bin_dir} ({version}), defaults"
+    )
+    return "wstun-base"
 
 
 def _version(argv: list[str]) -> str:
