@@ -27,6 +27,7 @@ from wstun.common.errors import describe_os_error
 from wstun.common.metrics import TunnelMetrics, serve_metrics
 from wstun.common.protocol import Target
 from wstun.common.report import format_peer
+from wstun.common.runtime import serve_until
 from wstun.common.streams import TcpStream, tcp_protocol_factory
 
 __all__ = ["TunnelClient", "run_client"]
@@ -160,11 +161,4 @@ class TunnelClient:
 
 async def run_client(config: ClientConfig, stop: asyncio.Event) -> None:
     """Forward until ``stop`` is set, drain for ``config.grace`` seconds, then end tunnels."""
-    client = TunnelClient(config)
-    await client.start()
-    try:
-        await stop.wait()
-        logger.info("shutting down")
-        await client.drain(config.grace)
-    finally:
-        await client.stop()
+    await serve_until(TunnelClient(config), stop, config.grace, logger)

@@ -7,9 +7,16 @@ import logging
 import signal
 import sys
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, Protocol
 
-__all__ = ["RedactSecrets", "configure_logging", "install_stop_signals", "run"]
+__all__ = [
+    "RedactSecrets",
+    "Service",
+    "configure_logging",
+    "install_stop_signals",
+    "run",
+    "serve_until",
+]
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -63,3 +70,26 @@ def run(main: Callable[[], Coroutine[Any, Any, int]]) -> int:
     except ImportError:
         return asyncio.run(main())
     return uvloop.run(main())
+
+
+class Service(Protocol):
+    """A server or client that listens, drains and stops."""
+
+    async def start(self) -> object: ...
+
+    async def drain(self, grace: float) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+async def serve_until(
+    service: Service, stop: asyncio.Event, grace: float, log: logging.Logger
+) -> None:
+    """Start ``service``; once ``stop`` is set, drain for ``grace`` seconds, then stop it."""
+    await service.start()
+    try:
+        await stop.wait()
+        log.info("shutting down")
+        await service.drain(grace)
+    finally:
+        await service.stop()

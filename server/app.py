@@ -29,6 +29,7 @@ from wstun.common.protocol import (
     is_health_path,
 )
 from wstun.common.report import TunnelReport, format_peer, new_tunnel_id, relay_and_report
+from wstun.common.runtime import serve_until
 from wstun.common.streams import (
     WS_OPTIONS,
     WebSocketStream,
@@ -225,11 +226,4 @@ def _select_subprotocol(
 
 async def run_server(config: ServerConfig, stop: asyncio.Event) -> None:
     """Serve until ``stop`` is set, drain for ``config.grace`` seconds, then end tunnels."""
-    server = TunnelServer(config)
-    await server.start()
-    try:
-        await stop.wait()
-        logger.info("shutting down")
-        await server.drain(config.grace)
-    finally:
-        await server.stop()
+    await serve_until(TunnelServer(config), stop, config.grace, logger)
