@@ -44,8 +44,7 @@ ALLOWED = {"common/streams/internals.py", "common/streams/chunk_reader.py"}
 
 #: Our own objects with attributes of the same names (not websockets').
 OWN = {
-    ("client/app.py", "drain"),  # TunnelClient.drain
-    ("server/app.py", "drain"),  # TunnelServer.drain
+    ("common/runtime.py", "drain"),  # Service.drain: a TunnelClient's or TunnelServer's
 }
 
 
