@@ -109,6 +109,7 @@ class TunnelClient:
     ) -> None:
         task = asyncio.get_running_loop().create_task(work())
         self._tunnels.add(task)
+        task.add_done_callback(_report_crash)
         task.add_done_callback(done or self._tunnels.discard)
 
     def _accepted(self, local: TcpStream, forward: Forward) -> None:
@@ -157,6 +158,12 @@ class TunnelClient:
             self._metrics_server.close()
             await self._metrics_server.wait_closed()
             self._metrics_server = None
+
+
+def _report_crash(task: asyncio.Task[object]) -> None:
+    """A tunnel task that failed (a bug): one error line, not an unretrieved traceback."""
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        logger.error("tunnel task failed: %s: %s", type(exc).__name__, exc)
 
 
 async def run_client(config: ClientConfig, stop: asyncio.Event) -> None:

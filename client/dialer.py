@@ -13,17 +13,33 @@ import ssl
 from typing import Any
 
 from websockets.asyncio.client import connect
-from websockets.exceptions import InvalidHandshake, InvalidStatus, ProxyError
+from websockets.exceptions import (
+    ConnectionClosed,
+    InvalidHandshake,
+    InvalidMessage,
+    InvalidStatus,
+    ProxyError,
+)
 from websockets.typing import Subprotocol
 
 from wstun.client.config import ClientConfig
+from wstun.client.diagnose import SchemeProbe, direct_address, looks_like_tls
 from wstun.client.tls import client_tls_context, describe_tls_error
 from wstun.common import __version__
 from wstun.common.errors import HandshakeError, describe_os_error
 from wstun.common.protocol import AUTHORIZATION_HEADER, SUBPROTOCOL, Target, build_tunnel_url
 from wstun.common.streams import WS_OPTIONS, TunnelClientConnection, WebSocketStream
 
-__all__ = ["WebSocketDialer"]
+__all__ = ["PLAIN_SERVER", "TLS_SERVER", "WebSocketDialer"]
+
+#: The advice for ws:// at a port that speaks TLS, and for wss:// at one that doesn't.
+TLS_SERVER = "the server speaks TLS: use wss://"
+PLAIN_SERVER = "the server answered without TLS: use ws:// (or put a TLS proxy in front)"
+
+
+# A server that took the connection and dropped it before answering; a reset
+# may surface as any of these, or as a ConnectionClosed, depending on timing.
+_DROPPED = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)
 
 
 def _first_line(body: bytes, fallback: str) -> str:
@@ -44,6 +60,66 @@ class WebSocketDialer:
         if config.token:
             headers.append((AUTHORIZATION_HEADER, f"Bearer {config.token}"))
         self._headers = headers
+        self._probe = SchemeProbe()
+
+    async def _explain(self, exc: Exception) -> HandshakeError:
+        """What went wrong before the upgrade, in words that say what to do."""
+        config = self.config
+        if isinstance(exc, InvalidStatus):
+            response = exc.response
+            body = bytes(response.body or b"")
+            if not config.secure and response.status_code == 400 and b"HTTPS port" in body:
+                return HandshakeError(0, TLS_SERVER)  # nginx: "plain HTTP ... to HTTPS port"
+            return HandshakeError(response.status_code, _first_line(body, response.reason_phrase))
+        if isinstance(exc, ProxyError):
+            return HandshakeError(0, f"proxy failed: {exc}")
+        if isinstance(exc, TimeoutError):
+            return HandshakeError(
+                0, f"server did not complete the handshake within {config.connect_timeout:g}s"
+            )
+        scheme = await self._wrong_scheme(exc)
+        if scheme is not None:
+            return HandshakeError(0, scheme)
+        if isinstance(exc, (ConnectionClosed, *_DROPPED)) or (
+            isinstance(exc, InvalidMessage) and isinstance(exc.__cause__, EOFError)
+        ):
+            # Closed or reset, seen on the write or on the read: one failure.
+            return HandshakeError(
+                0, "the server closed the connection before answering the upgrade"
+            )
+        if isinstance(exc, InvalidHandshake):
+            return HandshakeError(0, f"bad handshake from server: {exc}")
+        if isinstance(exc, ssl.SSLError):
+            return HandshakeError(0, describe_tls_error(exc))
+        if isinstance(exc, OSError):
+            return HandshakeError(0, f"can't reach server: {describe_os_error(exc)}")
+        return HandshakeError(0, f"can't open a tunnel: {type(exc).__name__}: {exc}")
+
+    async def _wrong_scheme(self, exc: Exception) -> str | None:
+        """Advice when the failure looks like ws:// at a TLS port, or wss:// at a plain one."""
+        config = self.config
+        if config.secure and isinstance(exc, ssl.SSLError) and "WRONG_VERSION" in str(exc):
+            return PLAIN_SERVER  # it answered, and not in TLS
+        if isinstance(exc, InvalidMessage) and not isinstance(exc.__cause__, EOFError):
+            # It answered something that isn't HTTP: no need to ask again.
+            return TLS_SERVER if not config.secure and looks_like_tls(str(exc.__cause__)) else None
+        if not isinstance(exc, ConnectionClosed | InvalidMessage | OSError) or isinstance(
+            exc, ssl.SSLCertVerificationError
+        ):
+            return None
+        # The server closed or reset without an answer: ask the port the other question.
+        address = (
+            (config.connect_to.host, config.connect_to.port)
+            if config.connect_to is not None
+            else direct_address(config.url, config.proxy)
+        )
+        if address is None:
+            return None  # through a proxy: the port can't be asked directly
+        if not config.secure and await self._probe.ask("tls", *address):
+            return TLS_SERVER
+        if config.secure and await self._probe.ask("http", *address):
+            return PLAIN_SERVER
+        return None
 
     def _connect_options(self, url: str) -> dict[str, Any]:
         config = self.config
@@ -72,22 +148,8 @@ class WebSocketDialer:
                 user_agent_header=f"wstun/{__version__}",
                 **self._connect_options(url),
             )
-        except InvalidStatus as exc:
-            response = exc.response
-            reason = _first_line(bytes(response.body or b""), response.reason_phrase)
-            raise HandshakeError(response.status_code, reason) from exc
-        except ProxyError as exc:
-            raise HandshakeError(0, f"proxy failed: {exc}") from exc
-        except InvalidHandshake as exc:
-            raise HandshakeError(0, f"bad handshake from server: {exc}") from exc
-        except ssl.SSLError as exc:
-            raise HandshakeError(0, describe_tls_error(exc)) from exc
-        except TimeoutError as exc:
-            raise HandshakeError(
-                0, f"server did not complete the handshake within {config.connect_timeout:g}s"
-            ) from exc
-        except OSError as exc:
-            raise HandshakeError(0, f"can't reach server: {describe_os_error(exc)}") from exc
+        except Exception as exc:
+            raise await self._explain(exc) from exc
         assert isinstance(connection, TunnelClientConnection)
         return WebSocketStream(
             connection,

@@ -130,6 +130,9 @@ class Tunnel:
         except asyncio.CancelledError:
             await local.abandon()
             raise
+        except Exception as exc:  # a dialer that broke its promise still ends the tunnel
+            await self._refused(HandshakeError(0, f"can't open a tunnel: {exc!r}"))
+            return self.report
         try:
             stream = await local.opened(remote)
         except asyncio.CancelledError:

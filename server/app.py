@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
 from urllib.parse import urlsplit
 
@@ -47,6 +48,9 @@ __all__ = ["TunnelServer", "run_server"]
 
 logger = logging.getLogger("wstun.server")
 
+#: Seconds between two log lines about TLS handshakes from one source on a plain port.
+TLS_HINT_INTERVAL = 60.0
+
 
 class TunnelServer:
     """Accepts WebSocket upgrades and turns each into a relayed tunnel."""
@@ -66,6 +70,8 @@ class TunnelServer:
             observe_dial=self.metrics.dial_seconds.observe,
         )
         self.limits = ConnectionLimits(config.max_connections, config.max_per_client)
+        # When each source's TLS handshake on the plain port was last logged.
+        self._tls_hints: dict[str, float] = {}
         # Set on SIGTERM: new tunnels get 503, /healthz says 503, open ones go on.
         self.draining = False
 
@@ -90,6 +96,22 @@ class TunnelServer:
         )
         self.metrics.client_address.labels(client.source.value).inc()
         return str(client)
+
+    def _tls_on_plain_port(self, connection: HandshakeConnection) -> None:
+        """A TLS ClientHello on the plain port: say what to do, once per source a minute."""
+        host = client_host(format_peer(connection.remote_address))
+        now = time.monotonic()
+        if now - self._tls_hints.get(host, -TLS_HINT_INTERVAL) < TLS_HINT_INTERVAL:
+            return
+        if len(self._tls_hints) > 1000:  # bounded: forget the oldest sources
+            self._tls_hints = dict(sorted(self._tls_hints.items(), key=lambda i: i[1])[-500:])
+        self._tls_hints[host] = now
+        logger.warning(
+            "TLS handshake from %s on this plain ws:// port (no answer sent): the client "
+            "must use ws://, or give this server --tls-cert/--tls-key, or put a TLS proxy "
+            "in front",
+            host,
+        )
 
     def _reject(self, connection: HandshakeConnection, rejection: HandshakeRejection) -> Response:
         peer = connection.client_peer
@@ -169,7 +191,7 @@ class TunnelServer:
             cfg.listen.host,
             cfg.listen.port,
             process_request=self.process_request,
-            create_connection=connection_class(self._reject),
+            create_connection=connection_class(self._reject, self._tls_on_plain_port),
             select_subprotocol=_select_subprotocol,
             subprotocols=[Subprotocol(SUBPROTOCOL)],
             **{**WS_OPTIONS, "max_size": cfg.max_message_size},

@@ -46,6 +46,7 @@ class HandshakeConnection(TunnelServerConnection):
     """
 
     server_reject: Reject
+    server_tls_hint: Callable[[HandshakeConnection], None]
 
     def __init__(self, protocol: ServerProtocol, *args: Any, **kwargs: Any) -> None:
         route_answers(protocol, self)
@@ -63,6 +64,9 @@ class HandshakeConnection(TunnelServerConnection):
         stream, self.target_stream = self.target_stream, None
         if stream is not None:
             self.loop.create_task(stream.abort("handshake did not complete"))
+
+    def tls_handshake_received(self) -> None:
+        type(self).server_tls_hint(self)
 
     def respond(self, status: Any, text: str) -> Response:
         self.responded = super().respond(status, text)
@@ -90,6 +94,10 @@ class HandshakeConnection(TunnelServerConnection):
         return type(self).server_reject(self, rejection)
 
 
-def connection_class(reject: Reject) -> type[HandshakeConnection]:
-    """A :class:`HandshakeConnection` class whose refusals go to ``reject``."""
-    return type("ServerConnection", (HandshakeConnection,), {"server_reject": staticmethod(reject)})
+def connection_class(
+    reject: Reject, tls_hint: Callable[[HandshakeConnection], None]
+) -> type[HandshakeConnection]:
+    """A :class:`HandshakeConnection` class whose refusals go to ``reject``, and
+    whose TLS handshakes on a plain port to ``tls_hint``."""
+    attributes = {"server_reject": staticmethod(reject), "server_tls_hint": staticmethod(tls_hint)}
+    return type("ServerConnection", (HandshakeConnection,), attributes)

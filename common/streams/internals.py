@@ -59,6 +59,7 @@ except ImportError:  # pragma: no cover - websockets built without its C extensi
 from wstun.common.streams.chunk_reader import ChunkReader
 
 __all__ = [
+    "TLS_RECORD_START",
     "ParseFailure",
     "ParseProblem",
     "ServerAnswers",
@@ -140,8 +141,33 @@ class TunnelConnection(Connection):
             self._rx_waiter = None
 
 
+#: How a TLS handshake starts: a handshake record (22), TLS major version 3.
+TLS_RECORD_START = b"\x16\x03"
+
+
 class TunnelServerConnection(TunnelConnection, ServerConnection):
-    """websockets' server connection plus liveness stamps."""
+    """websockets' server connection plus liveness stamps.
+
+    A TLS ClientHello as the first bytes of a plain connection is not fed to
+    the HTTP parser: :meth:`tls_handshake_received` is told, and the
+    connection dropped (no answer can be read by a client speaking TLS).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._first_bytes = True
+
+    def data_received(self, data: bytes) -> None:
+        if self._first_bytes:
+            self._first_bytes = False
+            if self.protocol.state is CONNECTING and data.startswith(TLS_RECORD_START):
+                self.tls_handshake_received()
+                drop(self)
+                return
+        super().data_received(data)
+
+    def tls_handshake_received(self) -> None:
+        """A client began a TLS handshake on this plain connection (override to tell)."""
 
 
 class TunnelClientConnection(TunnelConnection, ClientConnection):

@@ -166,3 +166,56 @@ async def test_tls_server_name_overrides_the_checked_name(
     )  # fmt: skip
     payload = os.urandom(100_000)
     assert sha(await echo_through(local, payload)) == sha(payload)
+
+
+async def failure_line(client: Process, local: int, connections: int = 3) -> str:
+    """Open ``connections`` local connections that can't be tunnelled; the one failure line."""
+    for _ in range(connections):
+        await refused_locally(local)
+    (match,) = await client.wait_for(r"WARNING wstun\.client: (tunnel to .*)")
+    assert "Traceback" not in client.log
+    return match.group(1)
+
+
+async def test_ws_url_at_a_tls_server_says_use_wss(wstun: Wstun, target, ca, tmp_path) -> None:
+    """ws:// against wstun-server --tls-cert: the client says to use wss://."""
+    _, chain, key = write_cert(ca, tmp_path, "127.0.0.1")
+    port = await target(echo_target())
+    _, sport = await wstun.server(
+        "--allow", f"127.0.0.1:{port}", "--tls-cert", str(chain), "--tls-key", str(key)
+    )
+    client, local = await wstun.client(f"ws://127.0.0.1:{sport}/", f"127.0.0.1:{port}")
+    line = await failure_line(client, local)
+    assert line == f"tunnel to 127.0.0.1:{port} failed: the server speaks TLS: use wss://"
+
+
+async def test_ws_url_at_tls_nginx_says_use_wss(
+    wstun: Wstun, nginx: Nginx, target, ca, tmp_path
+) -> None:
+    """ws:// against nginx's TLS port (which answers 400 in plain HTTP): use wss://."""
+    _, chain, key = write_cert(ca, tmp_path, "127.0.0.1")
+    port = await target(echo_target())
+    _, nport = await tls_nginx(wstun, nginx, port, chain, key)
+    client, local = await wstun.client(f"ws://127.0.0.1:{nport}/tunnel/", f"127.0.0.1:{port}")
+    assert "use wss://" in await failure_line(client, local)
+
+
+async def test_wss_url_at_a_plain_server_says_use_ws(wstun: Wstun, target, ca, tmp_path) -> None:
+    """wss:// against a plain wstun-server: the client says to use ws://, and the
+    server logs the TLS handshake on its plain port once, with what to do."""
+    ca_file, _, _ = write_cert(ca, tmp_path, "127.0.0.1")
+    port = await target(echo_target())
+    server, sport = await wstun.server("--allow", f"127.0.0.1:{port}")
+    client, local = await wstun.client(
+        f"wss://127.0.0.1:{sport}/", f"127.0.0.1:{port}", "--cacert", str(ca_file)
+    )
+    line = await failure_line(client, local)
+    assert line == (
+        f"tunnel to 127.0.0.1:{port} failed: "
+        "the server answered without TLS: use ws:// (or put a TLS proxy in front)"
+    )
+    (hint,) = await server.wait_for(r"WARNING wstun\.server: (TLS handshake from 127\.0\.0\.1 .*)")
+    assert "must use ws://" in hint.group(1)
+    assert "--tls-cert" in hint.group(1)
+    assert len(server.matches("TLS handshake from")) == 1  # once per source a minute
+    assert "Traceback" not in server.log

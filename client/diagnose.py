@@ -1,0 +1,131 @@
+"""What a server that failed an upgrade speaks: TLS, or plain HTTP.
+
+A ``ws://`` URL pointed at a TLS port, or ``wss://`` at a plain one, fails
+in ways that say nothing useful by themselves (the connection is closed, a
+reset, "not a valid HTTP response"). When an upgrade fails like that and
+the server is dialled directly, one small probe asks the port the other
+question, so the client can say which scheme to use. Verdicts are kept for
+a while: a client whose every connection fails probes once, not per
+connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+import time
+import urllib.request
+from collections.abc import Callable
+from urllib.parse import urlsplit
+
+__all__ = [
+    "SchemeProbe",
+    "direct_address",
+    "looks_like_tls",
+    "speaks_http",
+    "speaks_tls",
+]
+
+#: Seconds a probe may take, at most: a server that speaks the protocol asked
+#: answers at once.
+PROBE_TIMEOUT = 1.0
+
+#: Seconds a verdict is reused before the port is asked again.
+VERDICT_LIFETIME = 10.0
+
+
+async def speaks_tls(host: str, port: int, timeout: float = PROBE_TIMEOUT) -> bool:
+    """Whether ``host:port`` answers a TLS ClientHello as TLS (certificate unchecked)."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    try:
+        async with asyncio.timeout(timeout):
+            _, writer = await asyncio.open_connection(
+                host, port, ssl=context, server_hostname=host if not _is_ip(host) else None
+            )
+    except ssl.SSLError as exc:
+        # A TLS alert is TLS too; a record that isn't TLS, or a silent close, is not.
+        return not isinstance(exc, ssl.SSLEOFError) and "WRONG_VERSION" not in str(exc)
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    with contextlib.suppress(OSError, ssl.SSLError, TimeoutError):
+        async with asyncio.timeout(timeout):
+            await writer.wait_closed()
+    return True
+
+
+async def speaks_http(host: str, port: int, timeout: float = PROBE_TIMEOUT) -> bool:
+    """Whether ``host:port`` answers a plain ``GET /healthz`` with an HTTP response."""
+    try:
+        async with asyncio.timeout(timeout):
+            reader, writer = await asyncio.open_connection(host, port)
+            try:
+                writer.write(b"GET /healthz HTTP/1.1\r\nHost: wstun\r\nConnection: close\r\n\r\n")
+                first = await reader.read(5)
+            finally:
+                writer.close()
+    except (OSError, TimeoutError):
+        return False
+    return first == b"HTTP/"
+
+
+def looks_like_tls(text: str) -> bool:
+    """Whether what came instead of an HTTP response starts like a TLS record.
+
+    A TLS alert (21) or handshake (22) record, TLS major version 3; websockets
+    quotes the bytes it could not parse in its error, undecodable bytes as
+    they are.
+    """
+    return "\x15\x03" in text or "\x16\x03" in text
+
+
+def _is_ip(host: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def direct_address(url: str, proxy: object) -> tuple[str, int] | None:
+    """The server's host and port when the client dials it without a proxy, else None.
+
+    ``proxy`` is the client's setting: None (direct), True (the environment's,
+    with ``NO_PROXY``) or a proxy URL.
+    """
+    parts = urlsplit(url)
+    host = parts.hostname
+    if host is None or (proxy is not None and proxy is not True):
+        return None
+    secure = parts.scheme == "wss"
+    if proxy is True:
+        proxies = urllib.request.getproxies()
+        wanted = ("wss", "https") if secure else ("ws", "https", "http")
+        if any(name in proxies for name in wanted) and not urllib.request.proxy_bypass(host):
+            return None
+    return host, parts.port or (443 if secure else 80)
+
+
+class SchemeProbe:
+    """Remembers, for a while, what each address answered."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        # (question, host, port) -> (when asked, the probe: one at a time per key)
+        self._verdicts: dict[tuple[str, str, int], tuple[float, asyncio.Task[bool]]] = {}
+
+    async def ask(self, question: str, host: str, port: int) -> bool:
+        """``question`` is ``"tls"`` or ``"http"``: does the port speak it?"""
+        key = (question, host, port)
+        now = self._clock()
+        known = self._verdicts.get(key)
+        if known is None or now - known[0] >= VERDICT_LIFETIME:
+            probe = speaks_tls if question == "tls" else speaks_http
+            known = (now, asyncio.ensure_future(probe(host, port)))
+            self._verdicts[key] = known
+        return await asyncio.shield(known[1])
