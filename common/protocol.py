@@ -90,10 +90,15 @@ class Failure(enum.Enum):
 
 @dataclasses.dataclass(frozen=True)
 class HandshakeRejection:
-    """A refusal: the failure kind plus a one-line, human-readable reason."""
+    """A refusal: the failure kind plus a one-line, human-readable reason.
+
+    ``detail`` is for the server's log only, never sent (e.g. the rules
+    that didn't allow a target).
+    """
 
     failure: Failure
     reason: str
+    detail: str = ""
 
     @property
     def status(self) -> int:

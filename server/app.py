@@ -116,8 +116,13 @@ class TunnelServer:
     def _reject(self, connection: HandshakeConnection, rejection: HandshakeRejection) -> Response:
         peer = connection.client_peer
         self.metrics.handshake_failed(rejection.status)
+        detail = f" ({rejection.detail})" if rejection.detail else ""
         logger.info(
-            "rejected peer=%s status=%d reason=%s", peer, rejection.status, rejection.reason
+            "rejected peer=%s status=%d reason=%s%s",
+            peer,
+            rejection.status,
+            rejection.reason,
+            detail,
         )
         response = connection.respond(rejection.status, rejection.body())
         if rejection.failure is Failure.UNAUTHORIZED:
@@ -204,6 +209,8 @@ class TunnelServer:
         tls = " tls=on" if cfg.tls else ""
         for host, port in addresses:
             logger.info("listening on %s path=%s%s", format_target(host, port), cfg.path, tls)
+        for level, line in startup_notes(cfg):
+            logger.log(level, "%s", line)
         if cfg.metrics_listen is not None:
             try:
                 self._metrics_server = await serve_metrics(self.metrics, cfg.metrics_listen, logger)
@@ -237,6 +244,26 @@ class TunnelServer:
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
+
+
+def startup_notes(config: ServerConfig) -> list[tuple[int, str]]:
+    """What an operator should know at startup: who may connect, what they may reach."""
+    policy = config.policy
+    if config.token:
+        notes = [(logging.INFO, "token required: clients send it with --token-file or WSTUN_TOKEN")]
+    else:
+        notes = [(logging.WARNING, "no token: anyone who reaches this port may open tunnels")]
+    allow, deny = len(policy.allow), len(policy.deny)
+    default = f", default target {config.default_target}" if config.default_target else ""
+    if not allow:
+        notes.append(
+            (logging.WARNING, "no --allow rule and no --to: every tunnel will be refused with 403")
+        )
+    else:
+        notes.append(
+            (logging.INFO, f"targets: {allow} allow rule(s), {deny} deny rule(s){default}")
+        )
+    return notes
 
 
 def _select_subprotocol(

@@ -203,8 +203,6 @@ def main(
         click.echo(f"workers: {workers}")
         return
     configure_logging(log_level)
-    if not policy.rules:
-        logger.warning("no --allow rule and no --to: every tunnel will be refused with 403")
     sys.exit(run_workers(config, workers, lambda cfg: run(lambda: _serve(cfg))))
 
 

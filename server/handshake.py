@@ -28,7 +28,16 @@ from wstun.common.protocol import (
 )
 from wstun.server.badinput import NOT_ASCII, handshake_problem, query_problem
 
-__all__ = ["RequestChecks"]
+__all__ = ["INVALID_TOKEN", "MISSING_TOKEN", "RequestChecks"]
+
+#: 401 reasons: what the client is missing, and how to give it.
+MISSING_TOKEN = (
+    "missing bearer token: this server needs one; give the client --token-file FILE "
+    "or set WSTUN_TOKEN"
+)
+INVALID_TOKEN = (
+    "invalid token: the client's --token-file or WSTUN_TOKEN holds another token than the server's"
+)
 
 
 class RequestChecks:
@@ -45,9 +54,9 @@ class RequestChecks:
             return None
         token = bearer_token(headers.get(AUTHORIZATION_HEADER))
         if token is None:
-            return HandshakeRejection(Failure.UNAUTHORIZED, "missing bearer token")
+            return HandshakeRejection(Failure.UNAUTHORIZED, MISSING_TOKEN)
         if not hmac.compare_digest(token.encode(), self._token):
-            return HandshakeRejection(Failure.UNAUTHORIZED, "invalid token")
+            return HandshakeRejection(Failure.UNAUTHORIZED, INVALID_TOKEN)
         return None
 
     def check(self, request: Request) -> Target | HandshakeRejection:
@@ -56,7 +65,10 @@ class RequestChecks:
             return NOT_ASCII  # websockets < 17 lets it through; no answer may quote it
         url = urlsplit(request.path)
         if not path_matches(url.path, self.path):
-            return HandshakeRejection(Failure.NOT_FOUND, f"no tunnel endpoint at {url.path}")
+            return HandshakeRejection(
+                Failure.NOT_FOUND,
+                f"no tunnel endpoint at {url.path}; the tunnel endpoint is {self.path}",
+            )
         if "websocket" not in request.headers.get("Upgrade", "").lower():
             return HandshakeRejection(
                 Failure.UPGRADE_REQUIRED, "this is a WebSocket tunnel endpoint; upgrade required"

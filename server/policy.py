@@ -280,7 +280,36 @@ class Policy:
             return Decision(tuple(allowed), allowed_by, f"allowed by {allowed_by}")
         if denied_by is not None:
             return Decision((), denied_by, f"target not allowed: {target} (denied by {denied_by})")
-        return Decision((), None, f"target not allowed: {target}")
+        return Decision((), None, self.refusal(target))
+
+    def refusal(self, target: Target) -> str:
+        """Why no allow rule lets ``target`` through, in one fact the client can act on.
+
+        Never the rules themselves: the refusal goes to clients who may not
+        be trusted with them (the server's log has them, :meth:`rules_text`).
+        """
+        reason = f"target not allowed: {target}"
+        for_port = [rule for rule in self.allow if rule.matches_port(target.port)]
+        if not for_port:
+            return f"{reason} (no rule allows port {target.port})"
+        by_name = all(rule.kind in (HostKind.NAME, HostKind.SUFFIX) for rule in for_port)
+        if _address(target.host) is not None and by_name:
+            return (
+                f"{reason} (the rules for port {target.port} name hosts, and an address is "
+                "allowed only by an address or network rule: ask with the host's name)"
+            )
+        if _address(target.host) is None and all(r.kind is HostKind.NETWORK for r in for_port):
+            return (
+                f"{reason} (the rules for port {target.port} allow addresses, and "
+                f"{target.host} resolves to none of them)"
+            )
+        return f"{reason} (no rule allows this host on port {target.port})"
+
+    def rules_text(self) -> str:
+        """Every rule, for the server's own log."""
+        allow = ", ".join(str(rule) for rule in self.allow) or "(none)"
+        deny = ", ".join(str(rule) for rule in self.deny) or "(none)"
+        return f"allow {allow}; deny {deny}"
 
 
 def load_policy_file(path: Path) -> Policy:

@@ -83,7 +83,7 @@ class TargetDialer:
     async def _addresses(self, target: Target) -> Sequence[str] | HandshakeRejection:
         """Resolve ``target`` and keep the addresses the policy allows (403 if none)."""
         if not self.policy.may_allow(target):
-            return HandshakeRejection(Failure.FORBIDDEN, f"target not allowed: {target}")
+            return self._forbidden(self.policy.refusal(target))
         try:
             resolved = await self._resolve(target.host, target.port)
         except OSError as exc:
@@ -93,8 +93,12 @@ class TargetDialer:
             )
         decision = self.policy.decide(target, resolved)
         if not decision.allowed:
-            return HandshakeRejection(Failure.FORBIDDEN, decision.reason)
+            return self._forbidden(decision.reason)
         return decision.addresses
+
+    def _forbidden(self, reason: str) -> HandshakeRejection:
+        # The rules themselves go to the server's log only.
+        return HandshakeRejection(Failure.FORBIDDEN, reason, detail=self.policy.rules_text())
 
     async def dial(self, target: Target) -> TcpStream | HandshakeRejection:
         """Resolve, check and dial ``target`` within the connect timeout."""

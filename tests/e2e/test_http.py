@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import Wstun, free_port
+from .conftest import Wstun, echo_target, free_port
 
 TOKEN = "e2e-token"
 
@@ -31,6 +31,17 @@ async def request(port: int, path: str, headers: dict[str, str]) -> tuple[int, s
             if line.lower().startswith(b"content-length:")
         )
         return status, (await reader.readexactly(length)).decode()
+    finally:
+        writer.close()
+
+
+async def refused(local: int) -> None:
+    """As an application: a connection the client can't tunnel ends without data."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", local)
+    try:
+        assert await asyncio.wait_for(reader.read(), 10) == b""
+    except ConnectionResetError:
+        pass
     finally:
         writer.close()
 
@@ -70,14 +81,26 @@ async def server(wstun: Wstun, target, tmp_path: Path) -> tuple[int, int, int]:
     [
         ("/healthz", {}, 200, "ok"),
         ("/tunnel/healthz", {}, 200, "ok"),
-        ("/other?to=127.0.0.1:{open}", upgrade(), 404, "no tunnel endpoint at /other"),
+        (
+            "/other?to=127.0.0.1:{open}",
+            upgrade(),
+            404,
+            "no tunnel endpoint at /other; the tunnel endpoint is /tunnel",
+        ),
         ("/tunnel?to=127.0.0.1:{open}", {}, 426, "upgrade required"),
-        ("/tunnel?to=127.0.0.1:{open}", upgrade(None), 401, "missing bearer token"),
-        ("/tunnel?to=127.0.0.1:{open}", upgrade("wrong"), 401, "invalid token"),
+        (
+            "/tunnel?to=127.0.0.1:{open}",
+            upgrade(None),
+            401,
+            "missing bearer token: this server needs one; give the client --token-file FILE "
+            "or set WSTUN_TOKEN",
+        ),
+        ("/tunnel?to=127.0.0.1:{open}", upgrade("wrong"), 401, "invalid token: the client's"),
         ("/tunnel?to=nohost", upgrade(), 400, "bad target: expected HOST:PORT"),
         ("/tunnel?to=127.0.0.1:0", upgrade(), 400, "between 1 and 65535"),
         ("/tunnel", upgrade(), 400, "no target"),
         ("/tunnel?to=127.0.0.1:1", upgrade(), 403, "target not allowed: 127.0.0.1:1"),
+        ("/tunnel?to=127.0.0.1:1", upgrade(), 403, "(no rule allows port 1)"),
         ("/tunnel?to=127.0.0.1:{closed}", upgrade(), 502, "connection refused"),
         ("/tunnel?to=127.0.0.1:{open}", upgrade(), 101, ""),
         ("/tunnel/?to=127.0.0.1:{open}", upgrade(), 101, ""),
@@ -104,3 +127,45 @@ async def test_dial_timeout_is_504(wstun: Wstun, unanswering_port: int) -> None:
     status, body = await request(port, f"/?to=127.0.0.1:{unanswering_port}", upgrade(None))
     assert status == 504
     assert body == f"target 127.0.0.1:{unanswering_port} did not answer within 0.5s\n"
+
+
+async def test_refusals_read_well_on_the_client(wstun: Wstun, target, tmp_path) -> None:
+    """The client's failure line carries the server's way out: the token, the name rule."""
+    port = await target(echo_target())
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN)
+    server, sport = await wstun.server(
+        "--token-file", str(token_file), "--allow", f"localhost:{port}"
+    )
+    # No token: the line says how to give one.
+    client, local = await wstun.client(f"ws://127.0.0.1:{sport}/", f"127.0.0.1:{port}")
+    await refused(local)
+    (line,) = await client.wait_for(r"WARNING wstun\.client: (tunnel to .*)")
+    assert line.group(1) == (
+        f"tunnel to 127.0.0.1:{port} refused: 401 missing bearer token: this server needs "
+        "one; give the client --token-file FILE or set WSTUN_TOKEN"
+    )
+    # An address under a rule that names the host: the line says why.
+    env = {**os.environ, "WSTUN_TOKEN": TOKEN}
+    client, local = await wstun.client(f"ws://127.0.0.1:{sport}/", f"127.0.0.1:{port}", env=env)
+    await refused(local)
+    (line,) = await client.wait_for(r"WARNING wstun\.client: (tunnel to .*)")
+    assert line.group(1) == (
+        f"tunnel to 127.0.0.1:{port} refused: 403 target not allowed: 127.0.0.1:{port} (the "
+        f"rules for port {port} name hosts, and an address is allowed only by an address or "
+        "network rule: ask with the host's name)"
+    )
+    # The rules themselves are in the server's log only.
+    await server.wait_for(rf"rejected .*status=403 .*\(allow localhost:{port}; deny \(none\)\)")
+
+
+async def test_startup_says_who_may_connect_and_what_to(wstun: Wstun, tmp_path) -> None:
+    """The server's first lines say whether a token is needed and how many rules there are."""
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN)
+    server, _ = await wstun.server("--token-file", str(token_file), "--allow", "db:5432")
+    await server.wait_for(r"INFO wstun\.server: token required: clients send it with")
+    await server.wait_for(r"INFO wstun\.server: targets: 1 allow rule\(s\), 0 deny rule\(s\)")
+    open_server, _ = await wstun.server("--to", "127.0.0.1:1")
+    await open_server.wait_for(r"WARNING wstun\.server: no token: anyone who reaches this port")
+    await open_server.wait_for(r"targets: 1 allow rule\(s\), 0 deny rule\(s\), default target")

@@ -189,3 +189,24 @@ def test_bad_policy_file_is_a_clear_error(tmp_path: Path, content: str, message:
     path.write_text(content)
     with pytest.raises(TargetError, match=message):
         load_policy_file(path)
+
+
+@pytest.mark.parametrize(
+    ("rules", "target", "fact"),
+    [
+        (["localhost:6379"], "127.0.0.1:6379", "an address is allowed only by an address"),
+        (["*.internal:6379"], "10.0.0.5:6379", "an address is allowed only by an address"),
+        (["db:5432"], "db:6379", "no rule allows port 6379"),
+        (["10.0.0.0/8:6379"], "cache.internal:6379", "resolves to none of them"),
+        (["db:6379", "10.0.0.0/8:6379"], "cache:6379", "no rule allows this host on port 6379"),
+    ],
+)
+def test_refusal_names_the_fact_not_the_rules(rules: list[str], target: str, fact: str) -> None:
+    """A 403's reason says what would let the target through, never lists the rules."""
+    policy = Policy.from_patterns(rules)
+    reason = policy.refusal(parse_target(target))
+    assert reason.startswith(f"target not allowed: {target} (")
+    assert fact in reason
+    for rule in rules:
+        assert rule not in reason.replace(target, "")
+    assert all(rule in policy.rules_text() for rule in rules)
