@@ -23,7 +23,7 @@ from wstun.client.failures import FailureLog
 from wstun.client.forward import Forward, ForwardedConnection
 from wstun.client.socks import SocksConnection, SocksProxy
 from wstun.client.tunnel import Dialer, LocalEnd, Tunnel, TunnelSettings
-from wstun.common.errors import describe_os_error
+from wstun.common.errors import HandshakeError, describe_os_error
 from wstun.common.metrics import TunnelMetrics, serve_metrics
 from wstun.common.protocol import Target
 from wstun.common.report import format_peer
@@ -38,8 +38,13 @@ logger = logging.getLogger("wstun.client")
 class TunnelClient:
     """Runs the ``-L`` and ``-D`` listeners and the tunnels they accept."""
 
-    def __init__(self, config: ClientConfig, *, dialer: Dialer | None = None) -> None:
+    def __init__(
+        self, config: ClientConfig, *, dialer: Dialer | None = None, check_server: bool = False
+    ) -> None:
         self.config = config
+        # Once the listeners are up, ask the server once whether it is there (in the background).
+        self._check_server = check_server
+        self._checking: asyncio.Task[None] | None = None
         self.dialer: Dialer = dialer if dialer is not None else WebSocketDialer(config)
         self.failures = FailureLog()
         self.metrics = TunnelMetrics("client")
@@ -73,6 +78,8 @@ class TunnelClient:
                 self._metrics_server = await serve_metrics(
                     self.metrics, self.config.metrics_listen, logger
                 )
+            if self._check_server:
+                self._checking = asyncio.create_task(check_server(self.dialer))
         except BaseException:
             await self.stop()
             raise
@@ -145,6 +152,10 @@ class TunnelClient:
 
     async def stop(self) -> None:
         """Stop listening, then end the tunnels still open."""
+        if self._checking is not None:
+            self._checking.cancel()
+            await asyncio.gather(self._checking, return_exceptions=True)
+            self._checking = None
         for server in self._servers:
             server.close()
         tunnels = list(self._tunnels)
@@ -166,6 +177,17 @@ def _report_crash(task: asyncio.Task[object]) -> None:
         logger.error("tunnel task failed: %s: %s", type(exc).__name__, exc)
 
 
+async def check_server(dialer: Dialer) -> None:
+    """Log, once, whether the server is there and takes the token; go on either way."""
+    probe = getattr(dialer, "probe", None)
+    if probe is None:
+        return
+    try:
+        logger.info("%s", await probe())
+    except HandshakeError as exc:
+        logger.warning("server check %s; tunnels will be tried anyway", exc.outcome)
+
+
 async def run_client(config: ClientConfig, stop: asyncio.Event) -> None:
     """Forward until ``stop`` is set, drain for ``config.grace`` seconds, then end tunnels."""
-    await serve_until(TunnelClient(config), stop, config.grace, logger)
+    await serve_until(TunnelClient(config, check_server=True), stop, config.grace, logger)

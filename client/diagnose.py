@@ -23,6 +23,7 @@ __all__ = [
     "SchemeProbe",
     "direct_address",
     "looks_like_tls",
+    "proxy_for",
     "speaks_http",
     "speaks_tls",
 ]
@@ -92,23 +93,30 @@ def _is_ip(host: str) -> bool:
     return True
 
 
-def direct_address(url: str, proxy: object) -> tuple[str, int] | None:
-    """The server's host and port when the client dials it without a proxy, else None.
+def proxy_for(url: str, setting: object) -> str | None:
+    """The HTTP CONNECT proxy the client goes through for ``url``, or None (direct).
 
-    ``proxy`` is the client's setting: None (direct), True (the environment's,
-    with ``NO_PROXY``) or a proxy URL.
+    ``setting`` is the client's: None (direct), True (the environment's:
+    ``WSS_PROXY``/``HTTPS_PROXY`` for wss://, ``WS_PROXY``/``HTTPS_PROXY``/
+    ``HTTP_PROXY`` for ws://, bypassed for hosts in ``NO_PROXY``) or a URL.
     """
+    if setting is None or isinstance(setting, str):
+        return setting
     parts = urlsplit(url)
-    host = parts.hostname
-    if host is None or (proxy is not None and proxy is not True):
+    proxies = urllib.request.getproxies()
+    wanted = ("wss", "https") if parts.scheme == "wss" else ("ws", "https", "http")
+    found = next((proxies[name] for name in wanted if name in proxies), None)
+    if found is None or (parts.hostname and urllib.request.proxy_bypass(parts.hostname)):
         return None
-    secure = parts.scheme == "wss"
-    if proxy is True:
-        proxies = urllib.request.getproxies()
-        wanted = ("wss", "https") if secure else ("ws", "https", "http")
-        if any(name in proxies for name in wanted) and not urllib.request.proxy_bypass(host):
-            return None
-    return host, parts.port or (443 if secure else 80)
+    return found
+
+
+def direct_address(url: str, proxy: object) -> tuple[str, int] | None:
+    """The server's host and port when the client dials it without a proxy, else None."""
+    parts = urlsplit(url)
+    if parts.hostname is None or proxy_for(url, proxy) is not None:
+        return None
+    return parts.hostname, parts.port or (443 if parts.scheme == "wss" else 80)
 
 
 class SchemeProbe:

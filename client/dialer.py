@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ssl
 from typing import Any
+from urllib.parse import urlsplit
 
 from websockets.asyncio.client import connect
 from websockets.exceptions import (
@@ -23,11 +24,17 @@ from websockets.exceptions import (
 from websockets.typing import Subprotocol
 
 from wstun.client.config import ClientConfig
-from wstun.client.diagnose import SchemeProbe, direct_address, looks_like_tls
+from wstun.client.diagnose import SchemeProbe, direct_address, looks_like_tls, proxy_for
+from wstun.client.probe import probe
 from wstun.client.tls import client_tls_context, describe_tls_error
 from wstun.common import __version__
 from wstun.common.errors import HandshakeError, describe_os_error
-from wstun.common.protocol import AUTHORIZATION_HEADER, SUBPROTOCOL, Target, build_tunnel_url
+from wstun.common.protocol import (
+    AUTHORIZATION_HEADER,
+    SUBPROTOCOL,
+    Target,
+    build_tunnel_url,
+)
 from wstun.common.streams import WS_OPTIONS, TunnelClientConnection, WebSocketStream
 
 __all__ = ["PLAIN_SERVER", "TLS_SERVER", "WebSocketDialer"]
@@ -61,6 +68,36 @@ class WebSocketDialer:
             headers.append((AUTHORIZATION_HEADER, f"Bearer {config.token}"))
         self._headers = headers
         self._probe = SchemeProbe()
+
+    async def probe(self) -> str:
+        """Ask the server, once, whether it is there and takes the token; opens no tunnel.
+
+        Returns what to log; HandshakeError says why the server can't be used.
+        """
+        config = self.config
+        parts = urlsplit(config.url)
+        host = parts.hostname or ""
+        address = direct_address(config.url, None) or (host, 0)
+        if config.connect_to is not None:
+            address = (config.connect_to.host, config.connect_to.port)
+        proxy = None if config.connect_to is not None else proxy_for(config.url, config.proxy)
+        try:
+            status, reason = await probe(
+                config.url,
+                address=address,
+                proxy=proxy,
+                tls=self._tls,
+                server_name=config.tls_server_name or host,
+                headers=self._headers,
+                timeout=config.connect_timeout,
+            )
+        except HandshakeError:
+            raise
+        except Exception as exc:
+            raise await self._explain(exc) from exc
+        if status == 200:
+            return f"server ok ({reason})"
+        raise HandshakeError(status, reason)
 
     async def _explain(self, exc: Exception) -> HandshakeError:
         """What went wrong before the upgrade, in words that say what to do."""
@@ -133,24 +170,27 @@ class WebSocketDialer:
             options.update(host=config.connect_to.host, port=config.connect_to.port, proxy=None)
         return options
 
+    async def _connect(self, url: str) -> TunnelClientConnection:
+        connection = await connect(
+            url,
+            additional_headers=self._headers,
+            subprotocols=[Subprotocol(SUBPROTOCOL)],
+            create_connection=TunnelClientConnection,
+            **WS_OPTIONS,
+            open_timeout=self.config.connect_timeout,
+            user_agent_header=f"wstun/{__version__}",
+            **self._connect_options(url),
+        )
+        assert isinstance(connection, TunnelClientConnection)
+        return connection
+
     async def dial(self, target: Target) -> WebSocketStream:
         """Open a WebSocket to the server for ``target``; HandshakeError if refused."""
         config = self.config
-        url = build_tunnel_url(config.url, target)
         try:
-            connection = await connect(
-                url,
-                additional_headers=self._headers,
-                subprotocols=[Subprotocol(SUBPROTOCOL)],
-                create_connection=TunnelClientConnection,
-                **WS_OPTIONS,
-                open_timeout=config.connect_timeout,
-                user_agent_header=f"wstun/{__version__}",
-                **self._connect_options(url),
-            )
+            connection = await self._connect(build_tunnel_url(config.url, target))
         except Exception as exc:
             raise await self._explain(exc) from exc
-        assert isinstance(connection, TunnelClientConnection)
         return WebSocketStream(
             connection,
             eof_markers=connection.subprotocol == SUBPROTOCOL,

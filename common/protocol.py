@@ -16,6 +16,7 @@ from wstun.common.errors import TargetError
 
 __all__ = [
     "AUTHORIZATION_HEADER",
+    "CHECK_HEADER",
     "EOF_MARKER",
     "HEALTH_PATH",
     "QUERY_TARGET",
@@ -33,6 +34,7 @@ __all__ = [
     "parse_port",
     "parse_target",
     "path_matches",
+    "probe_url",
     "target_from_query",
 ]
 
@@ -50,6 +52,10 @@ EOF_MARKER = b""
 
 #: Plain GET (no upgrade) on this path answers 200 while serving.
 HEALTH_PATH = "/healthz"
+
+#: On a GET of the health path, asks the server to check the request's token
+#: too: the client's check at startup (200, or the 401 a tunnel would get).
+CHECK_HEADER = "X-Wstun-Check"
 
 
 class CloseCode(enum.IntEnum):
@@ -255,6 +261,16 @@ def bearer_token(header_value: str | None) -> str | None:
         return None
     token = token.strip()
     return token or None
+
+
+def probe_url(server_url: str) -> str:
+    """Where a client checks the server at startup: its health path, as an upgrade.
+
+    ``ws://h/tunnel/`` -> ``ws://h/tunnel/healthz``; the query is dropped.
+    """
+    parts = urlsplit(build_tunnel_url(server_url, None))
+    path = parts.path.rstrip("/") + HEALTH_PATH
+    return urlunsplit((parts.scheme, parts.netloc, path, "", ""))
 
 
 def build_tunnel_url(server_url: str, target: Target | None) -> str:

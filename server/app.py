@@ -23,6 +23,7 @@ from websockets.typing import Subprotocol
 from wstun.common import __version__
 from wstun.common.metrics import serve_metrics
 from wstun.common.protocol import (
+    CHECK_HEADER,
     SUBPROTOCOL,
     Failure,
     HandshakeRejection,
@@ -47,6 +48,10 @@ from wstun.server.targets import Resolver, TargetDialer, resolve
 __all__ = ["TunnelServer", "run_server"]
 
 logger = logging.getLogger("wstun.server")
+
+#: The answers to a client's startup check (protocol.CHECK_HEADER on the health path).
+PROBE_OK = "ok: no token needed\n"
+PROBE_OK_TOKEN = "ok: token accepted\n"
 
 #: Seconds between two log lines about TLS handshakes from one source on a plain port.
 TLS_HINT_INTERVAL = 60.0
@@ -138,6 +143,8 @@ class TunnelServer:
         if is_health_path(url.path, self.config.path) and "Upgrade" not in request.headers:
             if self.draining:
                 return connection.respond(503, "draining\n")
+            if CHECK_HEADER in request.headers:
+                return self._probe(connection, request)
             return connection.respond(200, "ok\n")
         if self.draining:
             return self._reject(
@@ -157,6 +164,15 @@ class TunnelServer:
         connection.target_stream = dialled
         connection.target = checked
         return None
+
+    def _probe(self, connection: HandshakeConnection, request: Request) -> Response:
+        """A client's check at startup (the health path with CHECK_HEADER): 200 when
+        the token is the server's (or none is needed), else the 401 a tunnel would get."""
+        rejection = self.checks.check_token(request.headers)
+        if rejection is not None:
+            return self._reject(connection, rejection)
+        logger.debug("probe peer=%s ok", connection.client_peer)
+        return connection.respond(200, PROBE_OK_TOKEN if self.config.token else PROBE_OK)
 
     # After 101: the tunnel itself.
 

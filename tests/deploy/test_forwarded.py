@@ -50,7 +50,10 @@ async def test_trusted_proxy_states_the_client_address(
     )  # fmt: skip
     nport = await nginx.start(sport, http_extra=f"proxy_bind {PROXY_ADDRESS};")
     header = ("--header", f"X-Forwarded-For: {client_header}") if client_header else ()
-    _, local = await wstun.client(f"ws://127.0.0.1:{nport}/tunnel/", f"127.0.0.1:{port}", *header)
+    client, local = await wstun.client(
+        f"ws://127.0.0.1:{nport}/tunnel/", f"127.0.0.1:{port}", *header
+    )
+    await client.wait_for(r"server ok")  # the client's check at startup: a request too
 
     await one_tunnel(local)
 
@@ -58,7 +61,7 @@ async def test_trusted_proxy_states_the_client_address(
     assert line.group(1) == expected_peer
     metrics = await scrape(server)
     source = (("source", "x-forwarded-for"),)
-    assert metrics[("wstun_server_client_address_total", source)] == 1
+    assert metrics[("wstun_server_client_address_total", source)] == 2  # check + tunnel
     assert metrics[("wstun_server_client_address_total", (("source", "peer"),))] == 0
 
 
@@ -69,12 +72,13 @@ async def test_forged_headers_from_an_untrusted_peer_are_ignored(wstun: Wstun, t
         "--allow", f"127.0.0.1:{port}", "--trusted-proxy", f"{PROXY_ADDRESS}/32",
         "--metrics-listen", "127.0.0.1:0",
     )  # fmt: skip
-    _, local = await wstun.client(
+    client, local = await wstun.client(
         f"ws://127.0.0.1:{sport}/",
         f"127.0.0.1:{port}",
         "--header", "X-Forwarded-For: 203.0.113.9",
         "--header", "X-Real-IP: 198.51.100.1",
     )  # fmt: skip
+    await client.wait_for(r"server ok")  # the client's check at startup: a request too
 
     await one_tunnel(local)
 
@@ -83,5 +87,5 @@ async def test_forged_headers_from_an_untrusted_peer_are_ignored(wstun: Wstun, t
     assert "203.0.113.9" not in server.log
     assert "198.51.100.1" not in server.log
     metrics = await scrape(server)
-    assert metrics[("wstun_server_client_address_total", (("source", "peer"),))] == 1
+    assert metrics[("wstun_server_client_address_total", (("source", "peer"),))] == 2
     assert metrics[("wstun_server_client_address_total", (("source", "x-forwarded-for"),))] == 0

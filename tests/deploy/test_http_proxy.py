@@ -70,11 +70,15 @@ async def test_connect_proxy_carries_the_websocket(
     proxy = await start_tinyproxy(wstun, tmp_path, sport)
     args: tuple[str, ...] = ("--proxy", proxy.url) if how == "--proxy" else ()
     env = clean_env() if how == "--proxy" else clean_env(**{how: proxy.url})
-    _, local = await wstun.client(f"ws://127.0.0.1:{sport}/", f"127.0.0.1:{port}", *args, env=env)
+    client, local = await wstun.client(
+        f"ws://127.0.0.1:{sport}/", f"127.0.0.1:{port}", *args, env=env
+    )
 
     payload = os.urandom(200_000)
     assert await echo_once(local, payload) == payload
     assert f"CONNECT 127.0.0.1:{sport}" in proxy.log
+    # The startup check went the same way, through the proxy.
+    await client.wait_for(r"INFO wstun\.client: server ok \(ok: no token needed\)")
 
 
 async def test_proxy_refusing_the_port_is_a_clear_failure(

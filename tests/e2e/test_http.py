@@ -169,3 +169,35 @@ async def test_startup_says_who_may_connect_and_what_to(wstun: Wstun, tmp_path) 
     open_server, _ = await wstun.server("--to", "127.0.0.1:1")
     await open_server.wait_for(r"WARNING wstun\.server: no token: anyone who reaches this port")
     await open_server.wait_for(r"targets: 1 allow rule\(s\), 0 deny rule\(s\), default target")
+
+
+async def test_startup_check_of_the_server(wstun: Wstun, target, tmp_path) -> None:
+    """The client checks the server once at startup, opening no tunnel: up, refusing, down."""
+    dialled: list[bytes] = []
+    port = await target(echo_target(dialled))
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN)
+    server, sport = await wstun.server(
+        "--path", "/tunnel", "--token-file", str(token_file), "--allow", f"127.0.0.1:{port}"
+    )
+    url = f"ws://127.0.0.1:{sport}/tunnel/"
+    env = {**os.environ, "WSTUN_TOKEN": TOKEN}
+    good, _ = await wstun.client(url, f"127.0.0.1:{port}", env=env)
+    await good.wait_for(r"INFO wstun\.client: server ok \(ok: token accepted\)")
+    bad, _ = await wstun.client(url, f"127.0.0.1:{port}", env={**env, "WSTUN_TOKEN": "wrong"})
+    (line,) = await bad.wait_for(r"WARNING wstun\.client: (server check .*)")
+    assert line.group(1) == (
+        "server check refused: 401 invalid token: the client's --token-file or WSTUN_TOKEN "
+        "holds another token than the server's; tunnels will be tried anyway"
+    )
+    wrong_path, _ = await wstun.client(f"ws://127.0.0.1:{sport}/other/", f"127.0.0.1:{port}")
+    (line,) = await wrong_path.wait_for(r"WARNING wstun\.client: (server check .*)")
+    assert "404 no tunnel endpoint at /other/healthz; the tunnel endpoint is /tunnel" in line[1]
+    down, _ = await wstun.client(f"ws://127.0.0.1:{free_port()}/", f"127.0.0.1:{port}")
+    (line,) = await down.wait_for(r"WARNING wstun\.client: (server check .*)")
+    assert line.group(1).startswith("server check failed: can't reach server: connection refused")
+    # None of the checks opened a tunnel or dialled the target.
+    assert not server.matches("tunnel closed")
+    assert dialled == []
+    for client in (good, bad, wrong_path, down):
+        assert client.popen.poll() is None  # a failed check doesn't stop the client

@@ -169,7 +169,8 @@ async def local_outcome(port: int, greeting: bytes = b"") -> tuple[str, bytes, f
     return outcome, received, time.monotonic() - started
 
 
-def check_log(process: Process, row: Row) -> None:
+async def check_log(process: Process, row: Row) -> None:
+    await process.wait_for(r"WARNING wstun\.client: tunnel to")  # stderr is read in a thread
     log = process.log
     assert "Traceback" not in log
     assert "never retrieved" not in log
@@ -188,6 +189,7 @@ async def test_forward(
     port = await fake_server(row)
     client = wstun.spawn([wstun.client_cmd, "-L", "0:db.internal:5432", *client_args(row, port)])
     (match,) = await client.wait_for(r"forwarding 127\.0\.0\.1:(\d+) ->")
+    await client.wait_for(r"server (ok|check)")  # its startup check is over
     baseline = fd_count(client)
     outcomes = await asyncio.gather(
         *(local_outcome(int(match.group(1))) for _ in range(CONNECTIONS))
@@ -196,7 +198,7 @@ async def test_forward(
         assert (outcome, received) == ("reset", b""), outcomes
         assert seconds < CONNECT_TIMEOUT + SLACK, outcomes
     assert await back_to(client, baseline) == baseline
-    check_log(client, row)
+    await check_log(client, row)
 
 
 SOCKS_CONNECT = b"\x05\x01\x00" + b"\x05\x01\x00\x03\x0bdb.internal\x15\x38"
@@ -208,6 +210,7 @@ async def test_socks(wstun: Wstun, fake_server: Callable[[Row], Awaitable[int]],
     port = await fake_server(row)
     client = wstun.spawn([wstun.client_cmd, "-D", "0", *client_args(row, port)])
     (match,) = await client.wait_for(r"SOCKS5 proxy on 127\.0\.0\.1:(\d+)")
+    await client.wait_for(r"server (ok|check)")  # its startup check is over
     baseline = fd_count(client)
     outcomes = await asyncio.gather(
         *(local_outcome(int(match.group(1)), SOCKS_CONNECT) for _ in range(CONNECTIONS))
@@ -220,7 +223,7 @@ async def test_socks(wstun: Wstun, fake_server: Callable[[Row], Awaitable[int]],
         assert received[2:4] == bytes([0x05, code]), outcomes  # the reply
         assert seconds < CONNECT_TIMEOUT + SLACK + 2, outcomes  # +2: the reply's linger
     assert await back_to(client, baseline) == baseline
-    check_log(client, row)
+    await check_log(client, row)
 
 
 @pytest.mark.parametrize("row", ROWS, ids=[row.name for row in ROWS])
