@@ -4,7 +4,8 @@
 # Sets up .venv, starts the three processes on free loopback ports, sends one
 # request through the tunnel, prints the answer and both tunnel log lines,
 # then stops everything it started. Pass --keep to leave the tunnel up until
-# Ctrl-C and try it yourself.
+# Ctrl-C and try it yourself: it prints a client command (with the demo's
+# token file) you can paste to open a forward of your own.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,6 +19,7 @@ cleanup() {
     rm -rf "$work"
 }
 trap cleanup EXIT
+trap 'exit 130' INT TERM
 
 # wait_for FILE REGEX: print the first capture group once a line matches (10 s at most).
 wait_for() {
@@ -39,16 +41,17 @@ head -c 4194304 /dev/urandom > "$work/site/random.bin"
 pids+=($!)
 target_port=$(wait_for "$work/target.log" 'port ([0-9]+)')
 
-export WSTUN_TOKEN
-WSTUN_TOKEN=$(.venv/bin/python -c 'import secrets; print(secrets.token_urlsafe(24))')
+# The token lives in a file only its owner can read; both sides get it from there.
+token_file="$work/token"
+(umask 077 && .venv/bin/python -c 'import secrets; print(secrets.token_urlsafe(24))' > "$token_file")
 
 .venv/bin/wstun-server --listen 127.0.0.1:0 --allow "127.0.0.1:$target_port" \
-    > "$work/server.log" 2>&1 &
+    --token-file "$token_file" > "$work/server.log" 2>&1 &
 pids+=($!)
 server_port=$(wait_for "$work/server.log" 'listening on 127\.0\.0\.1:([0-9]+)')
 
 .venv/bin/wstun-client -L "0:127.0.0.1:$target_port" "ws://127.0.0.1:$server_port/" \
-    > "$work/client.log" 2>&1 &
+    --token-file "$token_file" > "$work/client.log" 2>&1 &
 pids+=($!)
 local_port=$(wait_for "$work/client.log" 'forwarding 127\.0\.0\.1:([0-9]+)')
 
@@ -74,7 +77,12 @@ echo "client log:"; sed 's/^/  /' "$work/client.log"
 echo "server log:"; sed 's/^/  /' "$work/server.log"
 
 if [ "${1:-}" = "--keep" ]; then
+    mine=$(.venv/bin/python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
     echo
-    echo "The tunnel stays up: try  curl http://127.0.0.1:$local_port/  (Ctrl-C to stop)"
+    echo "The tunnel stays up: try  curl http://127.0.0.1:$local_port/"
+    echo "or run a client of your own against the demo server (in another terminal):"
+    echo "  $PWD/.venv/bin/wstun-client --token-file $token_file -L $mine:127.0.0.1:$target_port ws://127.0.0.1:$server_port/"
+    echo "  curl http://127.0.0.1:$mine/"
+    echo "Ctrl-C stops the demo (and removes its token file)."
     wait "${pids[0]}"
 fi

@@ -40,18 +40,23 @@ def find_command(name: str) -> str:
 class Process:
     """A child process whose stderr lines are collected as they arrive."""
 
-    def __init__(self, argv: list[str], env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, argv: list[str], env: dict[str, str] | None = None, *, stdout: bool = False
+    ) -> None:
+        """``stdout``: collect stdout too, with stderr, as the lines (for scripts)."""
         self.argv = argv
         self.lines: list[str] = []
         self._changed = threading.Condition()
         self.popen = subprocess.Popen(
             argv,
             stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+            stdout=subprocess.PIPE if stdout else subprocess.DEVNULL,
+            stderr=subprocess.STDOUT if stdout else subprocess.PIPE,
             text=True,
             env=env,
         )
+        if stdout:
+            self.popen.stderr = self.popen.stdout  # one pipe carries both
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
@@ -124,8 +129,10 @@ class Wstun:
         self.client_cmd = find_command("wstun-client")
         self.processes: list[Process] = []
 
-    def spawn(self, argv: list[str], env: dict[str, str] | None = None) -> Process:
-        process = Process(argv, env)
+    def spawn(
+        self, argv: list[str], env: dict[str, str] | None = None, *, stdout: bool = False
+    ) -> Process:
+        process = Process(argv, env, stdout=stdout)
         self.processes.append(process)
         return process
 
