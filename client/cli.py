@@ -31,6 +31,7 @@ from wstun.common.options import (
     common_options,
     connect_timeout_option,
     load_token,
+    log_level_from,
     seconds_or_off,
     usage_errors,
     wstun_command,
@@ -102,6 +103,7 @@ def _check_url(ctx: click.Context, param: click.Parameter, value: str) -> str:
     "dynamic",
     envvar=f"{ENV_PREFIX}_DYNAMIC",
     type=LISTEN,
+    metavar="[BIND:]PORT",
     multiple=True,
     help="Run a SOCKS5 proxy on [BIND:]PORT; each CONNECT becomes a tunnel to the "
     "requested host, which the server resolves (repeatable).",
@@ -195,6 +197,8 @@ def main(
     ping_timeout: float,
     grace: float,
     log_level: str,
+    verbose: bool,
+    quiet: bool,
     check: bool,
 ) -> None:
     """Forward local ports through the wstun server at URL (ws:// or wss://).
@@ -221,10 +225,10 @@ def main(
             proxy=proxy,
         )
         token = load_token(token_file)
-    if stdio_target is not None and (
-        ctx.get_parameter_source("log_level") is click.core.ParameterSource.DEFAULT
-    ):
-        log_level = "warning"  # ssh shows a ProxyCommand's stderr to the user
+        explicit = ctx.get_parameter_source("log_level") is not click.core.ParameterSource.DEFAULT
+        if stdio_target is not None and not explicit:
+            log_level = "warning"  # ssh shows a ProxyCommand's stderr to the user
+        log_level = log_level_from(log_level, verbose=verbose, quiet=quiet, explicit=explicit)
     config = ClientConfig(
         url=url,
         forwards=forwards,

@@ -8,6 +8,7 @@ the server refuses, that connection is reset.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 
 from wstun.client.tunnel import LocalEnd
 from wstun.common.errors import HandshakeError, TargetError
@@ -50,6 +51,16 @@ def _split_colons(text: str) -> list[str]:
     return parts
 
 
+def _bracketed(parts: list[str]) -> str | None:
+    """What ``-L`` meant with an IPv6 host and no brackets (``PORT:[V6]:PORT``), if it did."""
+    host = ":".join(parts[1:-1])
+    try:
+        ipaddress.IPv6Address(host)
+    except ValueError:
+        return None
+    return f"{parts[0]}:[{host}]:{parts[-1]}"
+
+
 def parse_forward(text: str, *, default_bind: str = "127.0.0.1") -> Forward:
     """Parse ``[BIND:]PORT:HOST:HOSTPORT`` (IPv6 in brackets), as ssh's ``-L``."""
     parts = _split_colons(text)
@@ -61,6 +72,8 @@ def parse_forward(text: str, *, default_bind: str = "127.0.0.1") -> Forward:
         if bind_host.startswith("[") and bind_host.endswith("]"):
             bind_host = bind_host[1:-1]
         bind_host = bind_host or default_bind
+    elif len(parts) > 4 and _bracketed(parts) is not None:
+        raise TargetError(f"IPv6 addresses need brackets, e.g. {_bracketed(parts)}, got {text!r}")
     else:
         raise TargetError(f"expected [BIND:]PORT:HOST:HOSTPORT, got {text!r}")
     bind_port = parse_port(port, what=f"listen port in {text!r}", allow_zero=True)

@@ -22,6 +22,7 @@ __all__ = [
     "common_options",
     "connect_timeout_option",
     "load_token",
+    "log_level_from",
     "seconds_or_off",
     "usage_errors",
     "wstun_command",
@@ -70,16 +71,64 @@ def seconds_or_off(value: float) -> float | None:
     return value if value > 0 else None
 
 
+class _Option(click.Option):
+    """An option whose bad value, when it came from the environment, names the variable."""
+
+    def get_error_hint(self, ctx: click.Context | None) -> str:
+        if (
+            ctx is not None
+            and ctx.get_parameter_source(self.name or "") is click.core.ParameterSource.ENVIRONMENT
+        ):
+            names = self.envvar or f"{ctx.auto_envvar_prefix}_{(self.name or '').upper()}"
+            variables = [names] if isinstance(names, str) else list(names)
+            set_ones = [name for name in variables if name in os.environ] or variables
+            return f"{', '.join(set_ones)} (from the environment)"
+        return super().get_error_hint(ctx)
+
+
 def wstun_command(environment_example: str) -> Callable[[F], click.Command]:
-    """A wstun command: WSTUN_<OPTION> for every option, -h, and an epilog saying so."""
-    return click.command(
+    """A wstun command: WSTUN_<OPTION> for every option, -h, and an epilog saying so.
+
+    A bad value from the environment is reported under the variable's name,
+    the one the user set, not the option's.
+    """
+    make = click.command(
         context_settings={"auto_envvar_prefix": ENV_PREFIX, "help_option_names": ["-h", "--help"]},
         epilog=(
             f"Every option can also be set in the environment as {ENV_PREFIX}_<OPTION>, e.g. "
             f"{environment_example}. The token comes from --token-file or {ENV_PREFIX}_TOKEN "
-            "and is sent as 'Authorization: Bearer <token>'."
+            "and is sent as 'Authorization: Bearer <token>'. Shell completion: "
+            'eval "$(_WSTUN_CLIENT_COMPLETE=bash_source wstun-client)" (zsh_source, '
+            "fish_source; wstun-server likewise)."
         ),
     )
+
+    def decorate(func: F) -> click.Command:
+        command = make(func)
+        for param in command.params:
+            if type(param) is click.Option:
+                # Only the error hint differs: the instance keeps all it has.
+                param.__class__ = _Option
+        return command
+
+    return decorate
+
+
+def log_level_from(log_level: str, *, verbose: bool, quiet: bool, explicit: bool) -> str:
+    """``--log-level``, or ``-v`` (debug) / ``-q`` (warning) as ssh users write them.
+
+    ``explicit`` says --log-level (or WSTUN_LOG_LEVEL) was given; it can't go
+    with -v or -q, nor can they with each other.
+    """
+    if verbose and quiet:
+        raise ConfigError("-v and -q contradict each other")
+    if (verbose or quiet) and explicit:
+        raise ConfigError("-v and -q are short for --log-level; give one of them")
+    if verbose:
+        return "debug"
+    if quiet:
+        return "warning"
+    return log_level
 
 
 def connect_timeout_option(help: str) -> Callable[[F], F]:
@@ -145,6 +194,8 @@ def _common_options(func: F, prog_name: str) -> F:
             show_default=True,
             help="Log verbosity; each tunnel logs one line at info when it ends.",
         ),
+        click.option("-v", "--verbose", is_flag=True, help="Short for --log-level debug."),
+        click.option("-q", "--quiet", is_flag=True, help="Short for --log-level warning."),
         click.option(
             "--check", is_flag=True, help="Validate the options, print the result and exit."
         ),

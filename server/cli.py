@@ -16,6 +16,7 @@ from wstun.common.options import (
     common_options,
     connect_timeout_option,
     load_token,
+    log_level_from,
     seconds_or_off,
     usage_errors,
     wstun_command,
@@ -141,7 +142,9 @@ logger = logging.getLogger("wstun.server")
 )
 @connect_timeout_option("Seconds to wait for the target to accept (504 after that).")
 @common_options("wstun-server")
+@click.pass_context
 def main(
+    ctx: click.Context,
     listen: Target,
     path_prefix: str,
     allow: tuple[str, ...],
@@ -164,6 +167,8 @@ def main(
     ping_timeout: float,
     grace: float,
     log_level: str,
+    verbose: bool,
+    quiet: bool,
     check: bool,
 ) -> None:
     """Accept WebSocket tunnels and relay each to an allowed TCP target.
@@ -179,6 +184,8 @@ def main(
         trusted = trusted_proxies(trusted_proxy)
         tls = tls_context(tls_cert, tls_key)
         token = load_token(token_file)
+        explicit = ctx.get_parameter_source("log_level") is not click.core.ParameterSource.DEFAULT
+        log_level = log_level_from(log_level, verbose=verbose, quiet=quiet, explicit=explicit)
     config = ServerConfig(
         listen=listen,
         path=path,

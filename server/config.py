@@ -64,6 +64,10 @@ class ServerConfig:
         object.__setattr__(self, "path", normalize_prefix(self.path))
 
 
+def _seconds(value: float | None) -> str:
+    return f"{value:g}s" if value else "off"
+
+
 def describe(config: ServerConfig) -> str:
     """A readable summary of a configuration (for --check)."""
     rules = ", ".join(str(rule) for rule in config.policy.allow) or "(none)"
@@ -77,9 +81,9 @@ def describe(config: ServerConfig) -> str:
             f"default target: {config.default_target or '(none)'}",
             f"token: {'set' if config.token else 'not set'}",
             f"connect timeout: {config.connect_timeout:g}s",
-            f"idle timeout: {config.idle_timeout or 'off'}",
-            f"ping interval: {config.ping_interval or 'off'}",
-            f"ping timeout: {config.ping_timeout or 'off'}",
+            f"idle timeout: {_seconds(config.idle_timeout)}",
+            f"ping interval: {_seconds(config.ping_interval)}",
+            f"ping timeout: {_seconds(config.ping_timeout)}",
             f"trusted proxies: {config.trusted_proxies}",
             f"tls: {'on' if config.tls else 'off'}",
             f"metrics: {config.metrics_listen or 'off'}",

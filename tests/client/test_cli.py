@@ -128,3 +128,57 @@ def test_proxy_url_check(url: str, problem: str | None) -> None:
         return
     with pytest.raises(ValueError, match=problem):
         check_proxy_url(url)
+
+
+def test_ipv6_without_brackets_gets_a_hint() -> None:
+    """-L with a bare IPv6 host says where the brackets go, as --allow does."""
+    code, out = run(["--check", "-L", "16379:::1:6379", "ws://h/"])
+    assert code == 2
+    assert "IPv6 addresses need brackets, e.g. 16379:[::1]:6379" in out
+
+
+def test_bad_value_from_the_environment_names_the_variable() -> None:
+    """A bad WSTUN_PING_INTERVAL is reported as the variable the user set."""
+    code, out = run(["--check", "-L", "1:a:1", "ws://h/"], env={"WSTUN_PING_INTERVAL": "soon"})
+    assert code == 2
+    assert "Invalid value for WSTUN_PING_INTERVAL (from the environment): 'soon'" in out
+    code, out = run(["--check", "-L", "1:a:1", "--ping-interval", "soon", "ws://h/"])
+    assert "Invalid value for '--ping-interval'" in out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["-v", "-q"], "-v and -q contradict each other"),
+        (["-v", "--log-level", "info"], "short for --log-level"),
+    ],
+)
+def test_verbose_and_quiet(args: list[str], message: str) -> None:
+    """-v and -q are --log-level debug and warning; they don't go together or with it."""
+    code, out = run(["--check", "-L", "1:a:1", *args, "ws://h/"])
+    assert code == 2
+    assert message in out
+
+
+def test_help_shows_what_the_text_says() -> None:
+    """-D's placeholder says BIND, as its text does; -v and -q are there."""
+    code, out = run(["--help"])
+    assert code == 0
+    assert "-D, --dynamic [BIND:]PORT" in out
+    assert "-v, --verbose" in out
+    assert "-q, --quiet" in out
+
+
+@pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])
+def test_shell_completion_scripts(shell: str) -> None:
+    """click's completion, as the README documents it, for both commands."""
+    from wstun.server.cli import main as server_main
+
+    for command, prog in ((main, "wstun-client"), (server_main, "wstun-server")):
+        variable = f"_{prog.upper().replace('-', '_')}_COMPLETE"
+        result = CliRunner().invoke(
+            command, [], prog_name=prog, env={variable: f"{shell}_source"}, catch_exceptions=False
+        )
+        assert result.exit_code == 0
+        assert prog in result.output
+        assert "complete" in result.output.lower()

@@ -38,7 +38,7 @@ def test_parse_forward(text: str, bind: Target, remote: Target) -> None:
         ("70000:db:5432", "between 0 and 65535"),
         ("5432:db:0", "between 1 and 65535"),
         ("5432:[::1:22", "missing ']'"),
-        ("5432:::1:22", "expected"),
+        ("5432:::1:22", "IPv6 addresses need brackets, e.g. 5432:\\[::1\\]:22"),
     ],
 )
 def test_parse_forward_rejects(text: str, message: str) -> None:

@@ -201,3 +201,15 @@ async def test_startup_check_of_the_server(wstun: Wstun, target, tmp_path) -> No
     assert dialled == []
     for client in (good, bad, wrong_path, down):
         assert client.popen.poll() is None  # a failed check doesn't stop the client
+
+
+async def test_quiet_and_verbose(wstun: Wstun) -> None:
+    """-q leaves warnings only; -v adds debug lines (here the refused tunnel's report)."""
+    url = f"ws://127.0.0.1:{free_port()}/"
+    quiet = wstun.spawn([wstun.client_cmd, "-q", "-L", "0:db:5432", url])
+    await quiet.wait_for(r"WARNING wstun\.client: server check failed")
+    assert " INFO " not in quiet.log
+    verbose = wstun.spawn([wstun.client_cmd, "-v", "-L", "0:db:5432", url])
+    (match,) = await verbose.wait_for(r"INFO wstun\.client: forwarding 127\.0\.0\.1:(\d+) ")
+    await refused(int(match.group(1)))
+    await verbose.wait_for(r"DEBUG wstun\.client: tunnel closed .* end=refused")

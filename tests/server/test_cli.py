@@ -23,7 +23,7 @@ def test_defaults() -> None:
     assert "listen: 127.0.0.1:8080" in out
     assert "allow: (none)" in out
     assert "token: not set" in out
-    assert "ping interval: 20.0" in out
+    assert "ping interval: 20s" in out
 
 
 def test_options_from_environment(tmp_path: Path) -> None:
@@ -139,3 +139,20 @@ def test_metrics_need_a_single_worker() -> None:
     code, out = run(["--check", "--workers", "2", "--metrics-listen", "127.0.0.1:9100"])
     assert code == 2
     assert "--metrics-listen works with one worker only" in out
+
+
+def test_check_shows_seconds_alike() -> None:
+    """--check writes every duration the same way: 20s, not 20.0 beside 10s."""
+    code, out = run(["--check", "--allow", "db:5432"])
+    assert code == 0, out
+    assert "ping interval: 20s" in out
+    assert "ping timeout: 20s" in out
+    assert "connect timeout: 10s" in out
+    assert "idle timeout: off" in out
+
+
+def test_bad_value_from_the_environment_names_the_variable() -> None:
+    """A bad WSTUN_MAX_CONNECTIONS is reported as the variable the user set."""
+    code, out = run(["--check"], env={"WSTUN_MAX_CONNECTIONS": "many"})
+    assert code == 2
+    assert "Invalid value for WSTUN_MAX_CONNECTIONS (from the environment)" in out
