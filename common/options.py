@@ -226,6 +226,12 @@ def load_token(token_file: Path | None) -> str | None:
     if token_file is not None:
         try:
             token = token_file.read_text(encoding="utf-8").strip()
+        except PermissionError:
+            raise ConfigError(
+                f"can't read {token_file}: permission denied; this process runs as uid "
+                f"{os.getuid()}, gid {os.getgid()}: make the file readable by one of them",
+                option="--token-file",
+            ) from None
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"can't read {token_file}: {exc}", option="--token-file") from None
         if not token:

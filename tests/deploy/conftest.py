@@ -110,6 +110,8 @@ class Nginx:
             {
                 "WSTUN_PROXY_LISTEN": listen,
                 "WSTUN_UPSTREAM": f"127.0.0.1:{upstream_port}",
+                # An address upstream needs no lookup; the directive must still parse.
+                "WSTUN_RESOLVER": "127.0.0.1",
                 "WSTUN_READ_TIMEOUT": read_timeout,
             },
         )

@@ -6,6 +6,7 @@ client's port."""
 from __future__ import annotations
 
 import asyncio
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -92,7 +93,15 @@ def test_topology_is_private_healthy_and_consistent(compose: dict[str, Any]) -> 
     assert mount[1] == "/etc/nginx/templates/default.conf.template"
     rendered = render_template(TEMPLATE.read_text(), services["proxy"]["environment"])
     assert f"location {option['--path']}/ {{" in rendered
-    assert f"server {services['proxy']['environment']['WSTUN_UPSTREAM']};" in rendered
+    # nginx resolves the server's name per request (Docker's DNS), not once at start,
+    # so a recreated server container is found at its new address.
+    proxy_env = services["proxy"]["environment"]
+    assert f"set $wstun_upstream {proxy_env['WSTUN_UPSTREAM']};" in rendered
+    assert "proxy_pass http://$wstun_upstream;" in rendered
+    assert f"resolver {proxy_env['WSTUN_RESOLVER']} valid=" in rendered
+    assert proxy_env["WSTUN_RESOLVER"] == "127.0.0.11"
+    # A name in an upstream block would be resolved once, at start.
+    assert not re.search(r"^\s*upstream\s", rendered, re.MULTILINE)
     # The engine's SIGKILL must not cut the server's drain short.
     stop_after = services["server"]["stop_grace_period"]
     assert stop_after.endswith("s")
@@ -124,6 +133,11 @@ def test_dockerfile_final_stage_is_small_and_unprivileged(compose: dict[str, Any
                 assert source.rstrip("/") in allowed, f"{source} is excluded by .dockerignore"
     assert compose["services"]["server"]["build"] == "."
     assert compose["services"]["client"]["image"] == compose["services"]["server"]["image"]
+    # The local image is built, never pulled (a registry could hold another wstun:local).
+    local = compose["services"]["server"]["image"]
+    for name, service in compose["services"].items():
+        if service.get("image") == local:
+            assert "build" in service or service.get("pull_policy") == "never", name
 
 
 async def test_the_compose_topology_natively(

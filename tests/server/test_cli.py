@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -156,3 +157,20 @@ def test_bad_value_from_the_environment_names_the_variable() -> None:
     code, out = run(["--check"], env={"WSTUN_MAX_CONNECTIONS": "many"})
     assert code == 2
     assert "Invalid value for WSTUN_MAX_CONNECTIONS (from the environment)" in out
+
+
+def test_unreadable_token_file_says_who_must_read_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A token file the process may not read (a compose secret with the wrong mode) says
+    which uid and gid must be able to read it."""
+    token = tmp_path / "token"
+    token.write_text("secret")
+
+    def refuse(self: Path, *args: object, **kwargs: object) -> str:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Path, "read_text", refuse)  # root reads any file: inject the refusal
+    code, out = run(["--check", "--token-file", str(token)])
+    assert code == 2
+    assert f"runs as uid {os.getuid()}, gid {os.getgid()}" in out
