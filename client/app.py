@@ -22,6 +22,7 @@ from wstun.client.dialer import WebSocketDialer
 from wstun.client.failures import FailureLog
 from wstun.client.forward import Forward, ForwardedConnection
 from wstun.client.socks import SocksConnection, SocksProxy
+from wstun.client.status import ClientCounts, StatusLine
 from wstun.client.tunnel import Dialer, LocalEnd, Tunnel, TunnelSettings
 from wstun.common.errors import HandshakeError, describe_os_error
 from wstun.common.metrics import TunnelMetrics, serve_metrics
@@ -48,6 +49,8 @@ class TunnelClient:
         self.dialer: Dialer = dialer if dialer is not None else WebSocketDialer(config)
         self.failures = FailureLog()
         self.metrics = TunnelMetrics("client")
+        # What tunnels report to: the metrics, and counts for the status line.
+        self.counts = ClientCounts(self.metrics)
         self.settings = TunnelSettings(config.read_size, config.idle_timeout)
         self._servers: list[asyncio.Server] = []
         self._tunnels: set[asyncio.Task[object]] = set()
@@ -106,7 +109,7 @@ class TunnelClient:
             dialer=self.dialer,
             settings=self.settings,
             log_failure=self.failures.log,
-            metrics=self.metrics,
+            metrics=self.counts,
         )
 
     def _start(
@@ -188,6 +191,17 @@ async def check_server(dialer: Dialer) -> None:
         logger.warning("server check %s; tunnels will be tried anyway", exc.outcome)
 
 
-async def run_client(config: ClientConfig, stop: asyncio.Event) -> None:
-    """Forward until ``stop`` is set, drain for ``config.grace`` seconds, then end tunnels."""
-    await serve_until(TunnelClient(config, check_server=True), stop, config.grace, logger)
+async def run_client(config: ClientConfig, stop: asyncio.Event, *, status: bool = False) -> None:
+    """Forward until ``stop`` is set, drain for ``config.grace`` seconds, then end tunnels.
+
+    ``status``: keep a live status line on stderr (a terminal) meanwhile.
+    """
+    client = TunnelClient(config, check_server=True)
+    line = StatusLine(client.counts) if status else None
+    if line is not None:
+        line.install()
+    try:
+        await serve_until(client, stop, config.grace, logger)
+    finally:
+        if line is not None:
+            line.stop()

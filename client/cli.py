@@ -22,6 +22,7 @@ from wstun.client.config import (
 from wstun.client.forward import Forward, parse_forward
 from wstun.client.headers import parse_header
 from wstun.client.socks import SocksProxy
+from wstun.client.status import wanted
 from wstun.client.stdio import stdio_main
 from wstun.common.errors import TargetError
 from wstun.common.options import (
@@ -255,14 +256,14 @@ def main(
     configure_logging(log_level)
     if stdio_target is not None:
         sys.exit(run(lambda: stdio_main(config, stdio_target)))
-    sys.exit(run(lambda: _forward(config)))
+    sys.exit(run(lambda: _forward(config, status=wanted(sys.stderr, log_level))))
 
 
-async def _forward(config: ClientConfig) -> int:
+async def _forward(config: ClientConfig, *, status: bool) -> int:
     stop = asyncio.Event()
     install_stop_signals(stop)
     try:
-        await run_client(config, stop)
+        await run_client(config, stop, status=status)
     except OSError as exc:
         logger.error("%s", exc.strerror or exc)
         return 1

@@ -133,6 +133,7 @@ class Tunnel:
         except Exception as exc:  # a dialer that broke its promise still ends the tunnel
             await self._refused(HandshakeError(0, f"can't open a tunnel: {exc!r}"))
             return self.report
+        self.report.remote = remote
         try:
             stream = await local.opened(remote)
         except asyncio.CancelledError:

@@ -71,7 +71,7 @@ class TunnelMetrics:
         for end in (TunnelEnd.EOF, TunnelEnd.ERROR, TunnelEnd.IDLE_TIMEOUT):
             self.ended.labels(end.value)
 
-    def tunnel_opened(self) -> None:
+    def tunnel_opened(self, report: TunnelReport) -> None:
         self.opened.inc()
         self.active.inc()
 

@@ -194,11 +194,14 @@ async def copy_bidirectional(
     read_size: int = DEFAULT_READ_SIZE,
     idle_timeout: float | None = None,
     names: tuple[str, str] = ("a", "b"),
+    progress: list[Transfer] | None = None,
 ) -> tuple[int, int]:
     """Copy ``a -> b`` and ``b -> a`` until both reach EOF; close both.
 
     Returns ``(a_to_b, b_to_a)``, the payload bytes each destination accepted.
     ``names`` label the streams in error messages and abort reasons.
+    ``progress``, when given, gets the two :class:`Transfer` objects, whose
+    ``count`` tells the bytes moved so far while the relay runs.
 
     Raises :class:`RelayError` (with partial counts) when a read, write or
     ``write_eof`` fails, and :class:`IdleTimeout` when no payload moved for
@@ -208,6 +211,8 @@ async def copy_bidirectional(
     a_name, b_name = names
     forward = Transfer(a, b, a_name, b_name)
     backward = Transfer(b, a, b_name, a_name)
+    if progress is not None:
+        progress += (forward, backward)
     activity = _Activity()
     transfers = [
         asyncio.ensure_future(_run(forward, read_size, activity)),

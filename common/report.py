@@ -11,7 +11,7 @@ import time
 from typing import Protocol
 
 from wstun.common.errors import IdleTimeout, RelayError
-from wstun.common.relay import copy_bidirectional
+from wstun.common.relay import Transfer, copy_bidirectional
 from wstun.common.streams import ByteStream
 
 __all__ = [
@@ -55,7 +55,7 @@ class TunnelEnd(enum.Enum):
         return self.value
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)
 class TunnelReport:
     """What happened to one tunnel. ``up`` is client->target payload bytes."""
 
@@ -67,6 +67,17 @@ class TunnelReport:
     down: int = 0
     end: TunnelEnd = TunnelEnd.EOF
     reason: str = ""
+    #: The relay's two directions while it runs (their counts are live).
+    progress: list[Transfer] = dataclasses.field(default_factory=list, repr=False)
+    #: The stream to the far side, once there is one (for its ping round trip).
+    remote: ByteStream | None = dataclasses.field(default=None, repr=False)
+
+    def moved(self) -> tuple[int, int]:
+        """Payload bytes up and down so far: live while relaying, final after."""
+        if self.progress:
+            forward, backward = self.progress
+            return forward.count, backward.count
+        return self.up, self.down
 
     def finish(self, counts: tuple[int, int] | None, error: BaseException | None) -> None:
         """Record the relay's outcome: its counts, or the error that ended it."""
@@ -94,7 +105,7 @@ class TunnelReport:
 class TunnelCounter(Protocol):
     """What counts tunnels (the metrics): told when one starts and how it ended."""
 
-    def tunnel_opened(self) -> None: ...
+    def tunnel_opened(self, report: TunnelReport) -> None: ...
 
     def tunnel_ended(self, report: TunnelReport) -> None: ...
 
@@ -119,12 +130,17 @@ async def relay_and_report(
     with the same report (and so the same payload counts) as the log line.
     """
     if counter is not None:
-        counter.tunnel_opened()
+        counter.tunnel_opened(report)
     counts: tuple[int, int] | None = None
     error: BaseException | None = None
     try:
         counts = await copy_bidirectional(
-            a, b, read_size=read_size, idle_timeout=idle_timeout, names=names
+            a,
+            b,
+            read_size=read_size,
+            idle_timeout=idle_timeout,
+            names=names,
+            progress=report.progress,
         )
     except RelayError as exc:
         error = exc

@@ -116,6 +116,11 @@ class WebSocketStream(ByteStream):
         return self._ws
 
     @property
+    def latency(self) -> float:
+        """The last ping's round trip in seconds (0 before any was answered)."""
+        return float(self._ws.latency)
+
+    @property
     def keepalive_task(self) -> asyncio.Task[None] | None:
         """The keepalive's pinging task, once its first ping was due."""
         return self._keepalive.task if self._keepalive is not None else None
