@@ -68,6 +68,8 @@ async def speaks_http(host: str, port: int, timeout: float = PROBE_TIMEOUT) -> b
                 first = await reader.read(5)
             finally:
                 writer.close()
+                with contextlib.suppress(OSError):
+                    await writer.wait_closed()
     except (OSError, TimeoutError):
         return False
     return first == b"HTTP/"

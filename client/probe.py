@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import ssl
 from urllib.parse import unquote, urlsplit
 
@@ -93,6 +94,9 @@ async def probe(
                 answer += more
         finally:
             writer.close()
+            # Its descriptor is gone before anyone hears the answer.
+            with contextlib.suppress(OSError, ssl.SSLError):
+                await writer.wait_closed()
     head, _, body = answer.partition(b"\r\n\r\n")
     status_line = head.split(b"\r\n", 1)[0].decode("latin-1")
     pieces = status_line.split(" ", 2)

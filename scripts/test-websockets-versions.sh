@@ -24,5 +24,5 @@ for version in "${VERSIONS[@]}"; do
     PYTHONPATH=$target .venv/bin/python -c "
 import sys, websockets.version as v
 sys.exit(0 if v.version == '$version' else f'expected websockets $version, got {v.version}')"
-    PYTHONPATH=$target .venv/bin/python -m pytest -q "${TESTS[@]}" "$@"
+    PYTHONPATH=$target .venv/bin/python -m pytest -q -n "${WSTUN_TEST_WORKERS:-3}" "${TESTS[@]}" "$@"
 done

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Install the Debian packages the tests drive as real peers (when missing),
 # set up a virtualenv with the test extras, then run lint, type checks and
-# the whole test suite. Extra arguments go to pytest (e.g. -k relay).
+# the whole test suite, in $WSTUN_TEST_WORKERS parallel processes (default 3:
+# most tests wait on sockets and processes, not on the CPU). Extra arguments
+# go to pytest (e.g. -k relay, or -n 0 for one process).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,4 +17,4 @@ echo "== ruff"
 echo "== mypy --strict"
 .venv/bin/mypy
 echo "== pytest"
-.venv/bin/python -m pytest "$@"
+.venv/bin/python -m pytest -n "${WSTUN_TEST_WORKERS:-3}" "$@"

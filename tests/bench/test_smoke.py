@@ -5,6 +5,8 @@ No timings are asserted here; the figures live in bench/results.
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from bench.report import Results, write_json, write_markdown
@@ -14,10 +16,10 @@ from bench.tunnels import TUNNELS
 pytestmark = pytest.mark.timeout(240)
 
 
-#: Peers we measure against, not ours. websocat and websockify now and then
-#: drop iperf3's control connection ("control socket has closed
-#: unexpectedly"); such a sample gets one more try, ours never do.
-FOREIGN = frozenset({"websocat", "websockify"})
+#: Peers we measure against, not ours. websocat and websockify (and socat on a
+#: busy machine) now and then drop iperf3's control connection ("control socket has closed
+#: unexpectedly"); such a sample is tried again, ours never are.
+FOREIGN = frozenset({"socat", "websocat", "websockify"})
 
 
 def failed(results: Results) -> list[tuple[str, str, str]]:
@@ -31,6 +33,22 @@ def failed(results: Results) -> list[tuple[str, str, str]]:
     ]
 
 
+#: Tries a foreign peer's failed sample gets again (the flake is theirs, and
+#: comes more often when the machine is busy with other tests).
+FOREIGN_RETRIES = 3
+
+
+def _passes_again(tunnel: str, workload: str, sizes: Any, results: Results) -> bool:
+    for _ in range(FOREIGN_RETRIES):
+        again, _ = run_benchmark(
+            Run([tunnel], [workload], 1, sizes, scale=False, log=lambda _: None)
+        )
+        if not failed(again):
+            results[workload][tunnel] = again[workload][tunnel]
+            return True
+    return False
+
+
 def test_smoke_every_tunnel_moves_its_bytes(tmp_path) -> None:
     """Each tunnel carries every workload once, with byte-exact echoes and no errors."""
     rounds, sizes = PROFILES["smoke"]
@@ -38,13 +56,8 @@ def test_smoke_every_tunnel_moves_its_bytes(tmp_path) -> None:
     results, _ = run_benchmark(Run(tunnels, TIMED_WORKLOADS, rounds, sizes, log=lambda _: None))
     failures = []
     for workload, tunnel, detail in failed(results):
-        if tunnel in FOREIGN:
-            again, _ = run_benchmark(
-                Run([tunnel], [workload], 1, sizes, scale=False, log=lambda _: None)
-            )
-            if not failed(again):
-                results[workload][tunnel] = again[workload][tunnel]
-                continue
+        if tunnel in FOREIGN and _passes_again(tunnel, workload, sizes, results):
+            continue
         failures.append(f"{workload} via {tunnel}: {detail}")
     assert failures == []
     scale = results["scale-20"]

@@ -139,9 +139,10 @@ def fd_count(process: Process) -> int:
 
 
 async def back_to(process: Process, baseline: int, timeout: float = 5.0) -> int:
-    """The client's descriptor count once it is back at ``baseline`` (or after ``timeout``)."""
+    """The client's descriptor count once it is back at ``baseline`` or below (a socket of
+    its startup check may still have been closing when the baseline was taken)."""
     deadline = time.monotonic() + timeout
-    while (count := fd_count(process)) != baseline and time.monotonic() < deadline:  # noqa: ASYNC110
+    while (count := fd_count(process)) > baseline and time.monotonic() < deadline:  # noqa: ASYNC110
         await asyncio.sleep(0.05)  # polling a count: there is no event to wait for
     return count
 
@@ -197,7 +198,7 @@ async def test_forward(
     for outcome, received, seconds in outcomes:
         assert (outcome, received) == ("reset", b""), outcomes
         assert seconds < CONNECT_TIMEOUT + SLACK, outcomes
-    assert await back_to(client, baseline) == baseline
+    assert await back_to(client, baseline) <= baseline
     await check_log(client, row)
 
 
@@ -222,7 +223,7 @@ async def test_socks(wstun: Wstun, fake_server: Callable[[Row], Awaitable[int]],
         assert received[:2] == b"\x05\x00", outcomes  # method selection
         assert received[2:4] == bytes([0x05, code]), outcomes  # the reply
         assert seconds < CONNECT_TIMEOUT + SLACK + 2, outcomes  # +2: the reply's linger
-    assert await back_to(client, baseline) == baseline
+    assert await back_to(client, baseline) <= baseline
     await check_log(client, row)
 
 
