@@ -14,6 +14,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl as ssl_module
 import subprocess
 import sys
 import threading
@@ -178,12 +179,15 @@ Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]
 
 
 @pytest.fixture
-async def target() -> AsyncIterator[Callable[[Handler], Awaitable[int]]]:
-    """Start an asyncio TCP server on 127.0.0.1 with a handler; returns its port."""
+async def target() -> AsyncIterator[Callable[..., Awaitable[int]]]:
+    """Start an asyncio TCP server on 127.0.0.1 with a handler; returns its port.
+
+    ``start(handler, ssl=context)`` serves TLS.
+    """
     servers: list[asyncio.Server] = []
 
-    async def start(handler: Handler) -> int:
-        server = await asyncio.start_server(handler, "127.0.0.1", 0)
+    async def start(handler: Handler, ssl: ssl_module.SSLContext | None = None) -> int:
+        server = await asyncio.start_server(handler, "127.0.0.1", 0, ssl=ssl)
         servers.append(server)
         port: int = server.sockets[0].getsockname()[1]
         return port

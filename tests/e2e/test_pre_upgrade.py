@@ -18,7 +18,7 @@ import ssl
 import struct
 import subprocess
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,27 +111,17 @@ def server_tls() -> ssl.SSLContext:
 
 
 @pytest.fixture
-async def fake_server(
-    server_tls: ssl.SSLContext,
-) -> AsyncIterator[Callable[[Row], Awaitable[int]]]:
-    servers: list[asyncio.Server] = []
-
+def fake_server(
+    server_tls: ssl.SSLContext, target: Callable[..., Awaitable[int]]
+) -> Callable[[Row], Awaitable[int]]:
     async def start(row: Row) -> int:
         async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
                 await row.handler(reader, writer)
 
-        tls = server_tls if row.tls else None
-        server = await asyncio.start_server(handler, "127.0.0.1", 0, ssl=tls)
-        servers.append(server)
-        port: int = server.sockets[0].getsockname()[1]
-        return port
+        return await target(handler, ssl=server_tls if row.tls else None)
 
-    yield start
-    for server in servers:
-        server.close()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(server.wait_closed(), 5)
+    return start
 
 
 def fd_count(process: Process) -> int:
