@@ -9,27 +9,38 @@ from __future__ import annotations
 import dataclasses
 import enum
 import ipaddress
+import json
 import re
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
-from wstun.common.errors import TargetError
+from wstun.common.errors import TargetError, TunnelError
 
 __all__ = [
     "AUTHORIZATION_HEADER",
     "CHECK_HEADER",
     "EOF_MARKER",
     "HEALTH_PATH",
+    "MAX_CONTROL_SIZE",
     "QUERY_TARGET",
     "SUBPROTOCOL",
+    "SUBPROTOCOL_V2",
     "CloseCode",
+    "Control",
+    "ControlError",
     "Failure",
     "HandshakeRejection",
+    "Open",
+    "Opened",
+    "Refused",
     "Target",
     "bearer_token",
     "build_tunnel_url",
+    "encode_control",
     "format_target",
     "is_health_path",
     "normalize_prefix",
+    "offers",
+    "parse_control",
     "parse_listen",
     "parse_port",
     "parse_target",
@@ -40,6 +51,13 @@ __all__ = [
 
 #: Subprotocol offered by wstun clients; when selected, EOF markers apply.
 SUBPROTOCOL = "wstun.v1"
+
+#: Reusable WebSockets: v1's data rules, plus tunnels opened in-band, one
+#: after another (docs/design.md, "Wire protocol v2").
+SUBPROTOCOL_V2 = "wstun.v2"
+
+#: Largest control message (a text message under wstun.v2), in bytes.
+MAX_CONTROL_SIZE = 1024
 
 #: Query parameter naming the target: ``?to=HOST:PORT``.
 QUERY_TARGET = "to"
@@ -63,6 +81,7 @@ class CloseCode(enum.IntEnum):
 
     NORMAL = 1000  # both directions reached EOF
     GOING_AWAY = 1001  # server or client shutting down
+    PROTOCOL_ERROR = 1002  # a control message that breaks wstun.v2's rules
     UNSUPPORTED_DATA = 1003  # a text message arrived
     INTERNAL_ERROR = 1011  # target or local connection broke
 
@@ -290,3 +309,82 @@ def build_tunnel_url(server_url: str, target: Target | None) -> str:
         query.append((QUERY_TARGET, str(target)))
     path = parts.path or "/"
     return urlunsplit((parts.scheme, parts.netloc, path, urlencode(query, safe=":[]"), ""))
+
+
+# ---------------------------------------------------------- wstun.v2 control
+
+
+class ControlError(TunnelError):
+    """A control message that breaks wstun.v2's rules; closes the WebSocket with 1002."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Open:
+    """Client: start a tunnel to ``target`` (``None``: the server's default target)."""
+
+    target: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Opened:
+    """Server: the target is connected; payload may flow."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Refused:
+    """Server: no tunnel, for the status and reason an HTTP refusal would carry."""
+
+    status: int
+    reason: str
+
+
+Control = Open | Opened | Refused
+
+
+def parse_control(text: str) -> Control:
+    """A control message from its text; :class:`ControlError` says what is wrong."""
+    if len(text.encode()) > MAX_CONTROL_SIZE:
+        raise ControlError(f"control message over {MAX_CONTROL_SIZE} bytes")
+    try:
+        data = json.loads(text)
+    except ValueError:
+        raise ControlError("control message is not JSON") from None
+    if not isinstance(data, dict):
+        raise ControlError("control message is not a JSON object")
+    kind = data.get("type")
+    if kind == "open":
+        target = data.get("target")
+        if target is not None and not isinstance(target, str):
+            raise ControlError("open: target must be a string")
+        return Open(target)
+    if kind == "opened":
+        return Opened()
+    if kind == "refused":
+        status, reason = data.get("status"), data.get("reason")
+        if not isinstance(status, int) or isinstance(status, bool) or not 100 <= status <= 599:
+            raise ControlError("refused: status must be an HTTP status code")
+        if not isinstance(reason, str):
+            raise ControlError("refused: reason must be a string")
+        return Refused(status, reason)
+    if isinstance(kind, str) and kind.isprintable() and len(kind) <= 32:
+        raise ControlError(f"unknown control message type {kind!r}")
+    raise ControlError("control message without a valid type")
+
+
+def encode_control(message: Control) -> str:
+    """The text of a control message (compact JSON)."""
+    if isinstance(message, Open):
+        data: dict[str, object] = {"type": "open"}
+        if message.target is not None:
+            data["target"] = message.target
+    elif isinstance(message, Opened):
+        data = {"type": "opened"}
+    else:
+        one_line = message.reason.replace("\r", " ").replace("\n", " ")
+        data = {"type": "refused", "status": message.status, "reason": one_line[:300]}
+    return json.dumps(data, separators=(",", ":"))
+
+
+def offers(header_values: list[str], subprotocol: str) -> bool:
+    """Whether ``Sec-WebSocket-Protocol`` values offer ``subprotocol``."""
+    return any(item.strip() == subprotocol for value in header_values for item in value.split(","))

@@ -25,8 +25,10 @@ from wstun.common.metrics import serve_metrics
 from wstun.common.protocol import (
     CHECK_HEADER,
     SUBPROTOCOL,
+    SUBPROTOCOL_V2,
     Failure,
     HandshakeRejection,
+    Target,
     format_target,
     is_health_path,
 )
@@ -34,9 +36,11 @@ from wstun.common.report import TunnelReport, format_peer, new_tunnel_id, relay_
 from wstun.common.runtime import serve_until
 from wstun.common.streams import (
     WS_OPTIONS,
+    TcpStream,
     WebSocketStream,
 )
 from wstun.common.streams.internals import lost_waiter
+from wstun.server.channel import ServerChannel
 from wstun.server.config import ServerConfig
 from wstun.server.connection import HandshakeConnection, connection_class
 from wstun.server.forwarded import FORWARDED_FOR_HEADER, REAL_IP_HEADER
@@ -75,6 +79,8 @@ class TunnelServer:
             observe_dial=self.metrics.dial_seconds.observe,
         )
         self.limits = ConnectionLimits(config.max_connections, config.max_per_client)
+        # The wstun.v2 WebSockets open now (server/channel.py).
+        self._channels: set[ServerChannel] = set()
         # When each source's TLS handshake on the plain port was last logged.
         self._tls_hints: dict[str, float] = {}
         # Set on SIGTERM: new tunnels get 503, /healthz says 503, open ones go on.
@@ -118,17 +124,20 @@ class TunnelServer:
             host,
         )
 
-    def _reject(self, connection: HandshakeConnection, rejection: HandshakeRejection) -> Response:
-        peer = connection.client_peer
+    def _refused(self, connection: HandshakeConnection, rejection: HandshakeRejection) -> None:
+        """Count and log a refusal, over HTTP or in-band alike."""
         self.metrics.handshake_failed(rejection.status)
         detail = f" ({rejection.detail})" if rejection.detail else ""
         logger.info(
             "rejected peer=%s status=%d reason=%s%s",
-            peer,
+            connection.client_peer,
             rejection.status,
             rejection.reason,
             detail,
         )
+
+    def _reject(self, connection: HandshakeConnection, rejection: HandshakeRejection) -> Response:
+        self._refused(connection, rejection)
         response = connection.respond(rejection.status, rejection.body())
         if rejection.failure is Failure.UNAUTHORIZED:
             response.headers["WWW-Authenticate"] = 'Bearer realm="wstun"'
@@ -158,6 +167,8 @@ class TunnelServer:
         if refused is not None:
             return self._reject(connection, refused)
         lost_waiter(connection).add_done_callback(lambda _: self.limits.release(client))
+        if checked is None:
+            return None  # wstun.v2 without a target: tunnels will be opened in-band
         dialled = await self.targets.dial(checked)
         if isinstance(dialled, HandshakeRejection):
             return self._reject(connection, dialled)
@@ -179,16 +190,48 @@ class TunnelServer:
     async def handler(self, connection: ServerConnection) -> None:
         assert isinstance(connection, HandshakeConnection)
         target_stream, connection.target_stream = connection.target_stream, None
-        if target_stream is None:  # the handshake was refused after all
-            return
         target = connection.target
-        report = TunnelReport(new_tunnel_id("s"), connection.client_peer, str(target))
-        ws = WebSocketStream(
+        first = (target_stream, target) if target_stream is not None and target else None
+        if connection.subprotocol == SUBPROTOCOL_V2:
+            await self._channel(connection, first)
+        elif first is not None:
+            ws = WebSocketStream(
+                connection,
+                eof_markers=connection.subprotocol == SUBPROTOCOL,
+                ping_interval=self.config.ping_interval,
+                ping_timeout=self.config.ping_timeout,
+            )
+            await self._relay(connection, ws, *first)
+
+    async def _channel(
+        self, connection: HandshakeConnection, first: tuple[TcpStream, Target] | None
+    ) -> None:
+        """A wstun.v2 WebSocket: its tunnels, one after another (server/channel.py)."""
+        channel = ServerChannel(
             connection,
-            eof_markers=connection.subprotocol == SUBPROTOCOL,
+            dial=self.targets.dial,
+            relay=lambda ws, stream, target: self._relay(connection, ws, stream, target),
+            refuse=self._refused,
+            resolve_target=self.checks.target,
+            draining=lambda: self.draining,
             ping_interval=self.config.ping_interval,
             ping_timeout=self.config.ping_timeout,
         )
+        self._channels.add(channel)
+        try:
+            await channel.run(first)
+        finally:
+            self._channels.discard(channel)
+
+    async def _relay(
+        self,
+        connection: HandshakeConnection,
+        ws: WebSocketStream,
+        target_stream: TcpStream,
+        target: Target,
+    ) -> bool:
+        """One tunnel and its log line; True when it ended cleanly and ``ws`` stays open."""
+        report = TunnelReport(new_tunnel_id("s"), connection.client_peer, str(target))
         logger.debug("tunnel open id=%s peer=%s target=%s", report.id, report.peer, target)
         await relay_and_report(
             ws,
@@ -201,6 +244,7 @@ class TunnelServer:
             cancel_reason="server shutting down",
             counter=self.metrics,
         )
+        return ws.reusable_now
 
     # Lifecycle.
 
@@ -214,7 +258,7 @@ class TunnelServer:
             process_request=self.process_request,
             create_connection=connection_class(self._reject, self._tls_on_plain_port),
             select_subprotocol=_select_subprotocol,
-            subprotocols=[Subprotocol(SUBPROTOCOL)],
+            subprotocols=[Subprotocol(SUBPROTOCOL_V2), Subprotocol(SUBPROTOCOL)],
             **{**WS_OPTIONS, "max_size": cfg.max_message_size},
             open_timeout=cfg.handshake_timeout,
             server_header=f"wstun/{__version__}",
@@ -243,6 +287,11 @@ class TunnelServer:
         :meth:`stop` closes whatever is still open with 1001.
         """
         self.draining = True
+        # Idle reusable WebSockets go at once; their tunnels, when they carry one, go on.
+        await asyncio.gather(
+            *(channel.close_if_idle() for channel in list(self._channels)),
+            return_exceptions=True,
+        )
         if self.limits.total:
             logger.info("draining: %d tunnel(s) open, grace %gs", self.limits.total, grace)
             try:
@@ -285,8 +334,11 @@ def startup_notes(config: ServerConfig) -> list[tuple[int, str]]:
 def _select_subprotocol(
     connection: ServerConnection, offered: Sequence[Subprotocol]
 ) -> Subprotocol | None:
-    """``wstun.v1`` when offered; plain binary tunnels for everyone else."""
-    return Subprotocol(SUBPROTOCOL) if SUBPROTOCOL in offered else None
+    """The newest wstun protocol offered; plain binary tunnels for everyone else."""
+    for known in (SUBPROTOCOL_V2, SUBPROTOCOL):
+        if known in offered:
+            return Subprotocol(known)
+    return None
 
 
 async def run_server(config: ServerConfig, stop: asyncio.Event) -> None:

@@ -12,17 +12,20 @@ way (in-band, after the upgrade) passes exactly the same checks.
 from __future__ import annotations
 
 import hmac
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 from websockets.datastructures import Headers
 from websockets.http11 import Request
 
 from wstun.common.protocol import (
     AUTHORIZATION_HEADER,
+    QUERY_TARGET,
+    SUBPROTOCOL_V2,
     Failure,
     HandshakeRejection,
     Target,
     bearer_token,
+    offers,
     path_matches,
     target_from_query,
 )
@@ -59,8 +62,12 @@ class RequestChecks:
             return HandshakeRejection(Failure.UNAUTHORIZED, INVALID_TOKEN)
         return None
 
-    def check(self, request: Request) -> Target | HandshakeRejection:
-        """Path, upgrade, request, query, token and target, in that order."""
+    def check(self, request: Request) -> Target | HandshakeRejection | None:
+        """Path, upgrade, request, query, token and target, in that order.
+
+        None: an upgrade that offers ``wstun.v2`` and names no target, which
+        opens a WebSocket for tunnels opened in-band, dialling nothing now.
+        """
         if not request.path.isascii():
             return NOT_ASCII  # websockets < 17 lets it through; no answer may quote it
         url = urlsplit(request.path)
@@ -80,4 +87,13 @@ class RequestChecks:
         )
         if rejection is not None:
             return rejection
+        if QUERY_TARGET not in parse_qs(url.query, keep_blank_values=True) and offers(
+            request.headers.get_all("Sec-WebSocket-Protocol"), SUBPROTOCOL_V2
+        ):
+            return None
         return target_from_query(url.query, self._default_target)
+
+    def target(self, named: str | None) -> Target | HandshakeRejection:
+        """The target of an in-band ``open``: as ``?to=`` would name it, else the default."""
+        query = "" if named is None else urlencode({QUERY_TARGET: named})
+        return target_from_query(query, self._default_target)

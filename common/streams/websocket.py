@@ -16,6 +16,7 @@ from typing import Any
 from websockets.asyncio.connection import Connection
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import Frame, Opcode
+from websockets.protocol import State
 
 from wstun.common.errors import StreamBroken, StreamClosed
 from wstun.common.protocol import CLEAN_CLOSE_CODES, EOF_MARKER, CloseCode
@@ -88,7 +89,14 @@ class WebSocketStream(ByteStream):
 
     Keepalive (:class:`Keepalive`): every ``ping_interval`` seconds a ping
     goes out; if nothing at all arrives from the peer within ``ping_timeout``
-    after it, the peer is taken for dead.
+    after it, the peer is taken for dead. ``keepalive`` instead is the
+    connection's own, shared by the tunnels a reusable WebSocket carries.
+
+    ``reusable`` (``wstun.v2``): one of the tunnels the connection carries
+    one after another. When both directions have ended cleanly, ``close()``
+    ends this tunnel and leaves the WebSocket open (:attr:`reusable_now`
+    says so); any other close, and ``abort()``, close the WebSocket. A text
+    message is a control message, which no tunnel takes: 1002.
     """
 
     def __init__(
@@ -98,6 +106,8 @@ class WebSocketStream(ByteStream):
         eof_markers: bool,
         ping_interval: float | None = None,
         ping_timeout: float | None = None,
+        keepalive: Keepalive | None = None,
+        reusable: bool = False,
     ) -> None:
         self._ws = connection
         self.eof_markers = eof_markers
@@ -107,9 +117,13 @@ class WebSocketStream(ByteStream):
         self._eof_rcvd = False
         # What this side did: write_eof(), then close() or abort().
         self._state = StreamState.OPEN
-        self._keepalive = (
+        self._owns_keepalive = keepalive is None
+        self._keepalive = keepalive or (
             Keepalive(connection, ping_interval, ping_timeout or None) if ping_interval else None
         )
+        self.reusable = reusable
+        #: Set by close() when this tunnel ended cleanly and the WebSocket stays open.
+        self.reusable_now = False
 
     @property
     def connection(self) -> Connection:
@@ -160,6 +174,9 @@ class WebSocketStream(ByteStream):
                     return b""
                 raise self._broken(exc) from exc
             if isinstance(message, str):
+                if self.reusable:
+                    await self._fail(CloseCode.PROTOCOL_ERROR, "control message during a tunnel")
+                    raise StreamBroken("peer sent a control message during a tunnel")
                 await self._fail(CloseCode.UNSUPPORTED_DATA, "text messages are not supported")
                 raise StreamBroken("peer sent a text message; only binary is allowed")
             if message == EOF_MARKER:
@@ -241,7 +258,11 @@ class WebSocketStream(ByteStream):
     async def close(self) -> None:
         if self._state is StreamState.CLOSED:
             return
+        clean = self._state is StreamState.EOF_SENT and self._eof_rcvd and not self._pending
         self._state = StreamState.CLOSED
+        if self.reusable and clean and self._ws.state is State.OPEN:
+            self.reusable_now = True  # this tunnel is over; the WebSocket carries the next
+            return
         self._stop_keepalive()
         try:
             await self._ws.close(CloseCode.NORMAL)
@@ -270,5 +291,5 @@ class WebSocketStream(ByteStream):
             drop(self._ws)
 
     def _stop_keepalive(self) -> None:
-        if self._keepalive is not None:
+        if self._keepalive is not None and self._owns_keepalive:
             self._keepalive.stop()

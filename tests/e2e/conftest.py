@@ -185,9 +185,15 @@ async def target() -> AsyncIterator[Callable[..., Awaitable[int]]]:
     ``start(handler, ssl=context)`` serves TLS.
     """
     servers: list[asyncio.Server] = []
+    # Every connection's writer, to close what a test left open before its loop ends.
+    writers: list[asyncio.StreamWriter] = []
 
     async def start(handler: Handler, ssl: ssl_module.SSLContext | None = None) -> int:
-        server = await asyncio.start_server(handler, "127.0.0.1", 0, ssl=ssl)
+        async def tracked(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writers.append(writer)
+            await handler(reader, writer)
+
+        server = await asyncio.start_server(tracked, "127.0.0.1", 0, ssl=ssl)
         servers.append(server)
         port: int = server.sockets[0].getsockname()[1]
         return port
@@ -196,6 +202,10 @@ async def target() -> AsyncIterator[Callable[..., Awaitable[int]]]:
     for server in servers:
         server.close()
         await server.wait_closed()
+    for writer in writers:
+        writer.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(writer.wait_closed(), 1.0)
 
 
 @pytest.fixture
