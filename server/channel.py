@@ -102,9 +102,11 @@ class ServerChannel:
         try:
             if first is not None and not await self._tunnel(*first):
                 return
-            while (target := await self._next_open()) is not None:
+            while not self._draining() and (target := await self._next_open()) is not None:
                 if not await self._tunnel(*target):
                     return
+            if self._draining():  # the tunnel that ended was the last one here
+                await self.close_if_idle()
         finally:
             self.state = ChannelState.CLOSED
             if self.keepalive is not None:
@@ -174,7 +176,10 @@ class ServerChannel:
         """On drain: close an idle WebSocket at once (1001); a tunnel goes on."""
         if self.state in (ChannelState.IDLE, ChannelState.REFUSED):
             self.state = ChannelState.CLOSED
-            await self.connection.close(CloseCode.GOING_AWAY, "server is shutting down")
+            with contextlib.suppress(TimeoutError, ConnectionClosed):
+                await asyncio.wait_for(
+                    self.connection.close(CloseCode.GOING_AWAY, "server is shutting down"), 2.0
+                )
 
 
 def _name(control: Control) -> str:

@@ -85,11 +85,12 @@ async def v2_server(wstun: Wstun, target, tmp_path: Path) -> V2Server:
 
 
 async def test_v2_is_chosen_when_offered_and_v1_stays(v2_server) -> None:
-    """Offering v2 gets v2; offering only v1 gets v1 as before."""
+    """Offering v2 gets v2, in either order (the client offers v1 first); only v1 gets v1."""
     _, port, first, _, _ = v2_server
-    ws = await open_ws(port, f"?to=127.0.0.1:{first}")
-    assert ws.subprotocol == "wstun.v2"
-    await ws.close()
+    for offer in ([V2, V1], [V1, V2]):
+        ws = await open_ws(port, f"?to=127.0.0.1:{first}", offer)
+        assert ws.subprotocol == "wstun.v2"
+        await ws.close()
     ws = await open_ws(port, f"?to=127.0.0.1:{first}", [V1])
     assert ws.subprotocol == "wstun.v1"
     await ws.close()
@@ -203,7 +204,8 @@ async def test_payload_while_idle_and_open_during_a_tunnel_are_violations(v2_ser
 
 
 async def test_drain_closes_idle_v2_websockets_at_once(v2_server) -> None:
-    """SIGTERM: an idle v2 WebSocket gets 1001 at once; one carrying a tunnel finishes."""
+    """SIGTERM: an idle v2 WebSocket gets 1001 at once; one carrying a tunnel finishes,
+    then gets 1001."""
     server, port, first, _, _ = v2_server
     idle = await open_ws(port)
     busy = await open_ws(port, f"?to=127.0.0.1:{first}")
@@ -216,5 +218,6 @@ async def test_drain_closes_idle_v2_websockets_at_once(v2_server) -> None:
     while (message := await asyncio.wait_for(busy.recv(), TIMEOUT)) != b"":
         received += message
     assert bytes(received) == b"half and the rest"
-    await busy.close()
+    # Its tunnel over, the draining server closes it too, rather than wait for another.
+    assert await closed_with(busy) == (1001, "server is shutting down")
     assert await asyncio.to_thread(server.popen.wait, TIMEOUT) == 0
