@@ -170,11 +170,13 @@ class WebSocketDialer:
             options.update(host=config.connect_to.host, port=config.connect_to.port, proxy=None)
         return options
 
-    async def _connect(self, url: str) -> TunnelClientConnection:
+    async def _connect(
+        self, url: str, subprotocols: tuple[str, ...] = (SUBPROTOCOL,)
+    ) -> TunnelClientConnection:
         connection = await connect(
             url,
             additional_headers=self._headers,
-            subprotocols=[Subprotocol(SUBPROTOCOL)],
+            subprotocols=[Subprotocol(name) for name in subprotocols],
             create_connection=TunnelClientConnection,
             **WS_OPTIONS,
             open_timeout=self.config.connect_timeout,
@@ -184,13 +186,20 @@ class WebSocketDialer:
         assert isinstance(connection, TunnelClientConnection)
         return connection
 
+    async def connect(
+        self, target: Target | None, subprotocols: tuple[str, ...]
+    ) -> TunnelClientConnection:
+        """A WebSocket to the server, its upgrade naming ``target`` (or none: wstun.v2's
+        idle WebSocket), offering ``subprotocols``; HandshakeError if refused."""
+        try:
+            return await self._connect(build_tunnel_url(self.config.url, target), subprotocols)
+        except Exception as exc:
+            raise await self._explain(exc) from exc
+
     async def dial(self, target: Target) -> WebSocketStream:
         """Open a WebSocket to the server for ``target``; HandshakeError if refused."""
         config = self.config
-        try:
-            connection = await self._connect(build_tunnel_url(config.url, target))
-        except Exception as exc:
-            raise await self._explain(exc) from exc
+        connection = await self.connect(target, (SUBPROTOCOL,))
         return WebSocketStream(
             connection,
             eof_markers=connection.subprotocol == SUBPROTOCOL,
