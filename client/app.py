@@ -21,6 +21,7 @@ from wstun.client.config import ClientConfig
 from wstun.client.dialer import WebSocketDialer
 from wstun.client.failures import FailureLog
 from wstun.client.forward import Forward, ForwardedConnection
+from wstun.client.pool import PooledDialer
 from wstun.client.socks import SocksConnection, SocksProxy
 from wstun.client.status import ClientCounts, StatusLine
 from wstun.client.tunnel import Dialer, LocalEnd, Tunnel, TunnelSettings
@@ -46,7 +47,7 @@ class TunnelClient:
         # Once the listeners are up, ask the server once whether it is there (in the background).
         self._check_server = check_server
         self._checking: asyncio.Task[None] | None = None
-        self.dialer: Dialer = dialer if dialer is not None else WebSocketDialer(config)
+        self.dialer: Dialer = dialer if dialer is not None else default_dialer(config)
         self.failures = FailureLog()
         self.metrics = TunnelMetrics("client")
         # What tunnels report to: the metrics, and counts for the status line.
@@ -154,7 +155,9 @@ class TunnelClient:
         await self.stop()
 
     async def stop(self) -> None:
-        """Stop listening, then end the tunnels still open."""
+        """Stop listening, close the idle pooled WebSockets, then end the tunnels still open."""
+        if isinstance(self.dialer, PooledDialer):
+            await self.dialer.close()
         if self._checking is not None:
             self._checking.cancel()
             await asyncio.gather(self._checking, return_exceptions=True)
@@ -172,6 +175,14 @@ class TunnelClient:
             self._metrics_server.close()
             await self._metrics_server.wait_closed()
             self._metrics_server = None
+
+
+def default_dialer(config: ClientConfig) -> Dialer:
+    """A pool of warm WebSockets (``--pool N``), or one fresh WebSocket per tunnel (0)."""
+    fresh = WebSocketDialer(config)
+    if config.pool <= 0:
+        return fresh
+    return PooledDialer(fresh, config.pool, idle=config.pool_idle, lifetime=config.pool_lifetime)
 
 
 def _report_crash(task: asyncio.Task[object]) -> None:

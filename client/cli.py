@@ -12,6 +12,9 @@ import click
 
 from wstun.client.app import run_client
 from wstun.client.config import (
+    DEFAULT_IDLE,
+    DEFAULT_LIFETIME,
+    DEFAULT_POOL,
     ClientConfig,
     check_modes,
     check_proxy_url,
@@ -172,6 +175,28 @@ def _check_url(ctx: click.Context, param: click.Parameter, value: str) -> str:
     show_default=True,
     help="Tunnels open at once per -L listener (0: unlimited); more are reset.",
 )
+@click.option(
+    "--pool",
+    type=click.IntRange(min=0),
+    default=DEFAULT_POOL,
+    show_default=True,
+    help="Idle WebSockets to keep ready when the server speaks wstun.v2: a new "
+    "connection then needs no upgrade (0: one fresh WebSocket per connection).",
+)
+@click.option(
+    "--pool-idle",
+    type=click.FloatRange(min=0, min_open=True),
+    default=DEFAULT_IDLE,
+    show_default=True,
+    help="Seconds an idle pooled WebSocket waits for a connection before it is closed.",
+)
+@click.option(
+    "--pool-lifetime",
+    type=click.FloatRange(min=0, min_open=True),
+    default=DEFAULT_LIFETIME,
+    show_default=True,
+    help="Seconds after which a pooled WebSocket takes no new connection.",
+)
 @connect_timeout_option("Seconds to wait for the server's WebSocket handshake.")
 @common_options("wstun-client")
 @click.pass_context
@@ -192,6 +217,9 @@ def main(
     tls_server_name: str | None,
     metrics_listen: Target | None,
     max_tunnels: int,
+    pool: int,
+    pool_idle: float,
+    pool_lifetime: float,
     token_file: Path | None,
     idle_timeout: float,
     ping_interval: float,
@@ -249,6 +277,9 @@ def main(
         tls_server_name=tls_server_name,
         grace=grace,
         max_tunnels=max_tunnels or None,
+        pool=pool,
+        pool_idle=pool_idle,
+        pool_lifetime=pool_lifetime,
     )
     if check:  # nothing connects: no TLS context, no --insecure warning
         click.echo(describe(config))

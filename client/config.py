@@ -18,6 +18,9 @@ from wstun.common.protocol import Target
 from wstun.common.streams import DEFAULT_READ_SIZE
 
 __all__ = [
+    "DEFAULT_IDLE",
+    "DEFAULT_LIFETIME",
+    "DEFAULT_POOL",
     "ClientConfig",
     "ConfigError",
     "check_modes",
@@ -26,6 +29,15 @@ __all__ = [
     "describe",
     "socks_credentials",
 ]
+
+
+#: Idle wstun.v2 WebSockets kept ready (``--pool``; client/pool.py).
+DEFAULT_POOL = 2
+#: Seconds an idle WebSocket waits for a tunnel before it is closed (``--pool-idle``):
+#: under the 60 s idle timeout of most proxies, though pings keep it alive anyway.
+DEFAULT_IDLE = 30.0
+#: Seconds after which a WebSocket takes no new tunnel (``--pool-lifetime``).
+DEFAULT_LIFETIME = 300.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +73,11 @@ class ClientConfig:
     grace: float = 5.0
     #: Tunnels open at once per -L listener (``None``: unlimited).
     max_tunnels: int | None = None
+    #: Idle wstun.v2 WebSockets kept ready (0: one fresh WebSocket per tunnel);
+    #: how long one may wait idle, and how long one takes new tunnels at all.
+    pool: int = DEFAULT_POOL
+    pool_idle: float = DEFAULT_IDLE
+    pool_lifetime: float = DEFAULT_LIFETIME
 
     @property
     def secure(self) -> bool:
@@ -155,5 +172,12 @@ def describe(config: ClientConfig) -> str:
         lines.append(f"proxy: {shown}")
     if config.tls_server_name is not None:
         lines.append(f"tls server name: {config.tls_server_name}")
+    if config.pool:
+        lines.append(
+            f"pool: {config.pool} idle WebSockets (idle {config.pool_idle:g}s, "
+            f"lifetime {config.pool_lifetime:g}s)"
+        )
+    else:
+        lines.append("pool: off")
     lines.append(f"metrics: {config.metrics_listen or 'off'}")
     return "\n".join(lines)

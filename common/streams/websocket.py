@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import types
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from websockets.asyncio.connection import Connection
@@ -95,8 +95,9 @@ class WebSocketStream(ByteStream):
     ``reusable`` (``wstun.v2``): one of the tunnels the connection carries
     one after another. When both directions have ended cleanly, ``close()``
     ends this tunnel and leaves the WebSocket open (:attr:`reusable_now`
-    says so); any other close, and ``abort()``, close the WebSocket. A text
-    message is a control message, which no tunnel takes: 1002.
+    says so, and ``on_reuse`` is told); any other close, and ``abort()``,
+    close the WebSocket. A text message is a control message, which no
+    tunnel takes: 1002.
     """
 
     def __init__(
@@ -108,6 +109,7 @@ class WebSocketStream(ByteStream):
         ping_timeout: float | None = None,
         keepalive: Keepalive | None = None,
         reusable: bool = False,
+        on_reuse: Callable[[WebSocketStream], None] | None = None,
     ) -> None:
         self._ws = connection
         self.eof_markers = eof_markers
@@ -124,6 +126,8 @@ class WebSocketStream(ByteStream):
         self.reusable = reusable
         #: Set by close() when this tunnel ended cleanly and the WebSocket stays open.
         self.reusable_now = False
+        # Told, by close(), when the WebSocket is free for the next tunnel.
+        self._on_reuse = on_reuse
 
     @property
     def connection(self) -> Connection:
@@ -262,6 +266,8 @@ class WebSocketStream(ByteStream):
         self._state = StreamState.CLOSED
         if self.reusable and clean and self._ws.state is State.OPEN:
             self.reusable_now = True  # this tunnel is over; the WebSocket carries the next
+            if self._on_reuse is not None:
+                self._on_reuse(self)
             return
         self._stop_keepalive()
         try:

@@ -40,6 +40,7 @@ def test_describe_lists_what_the_client_will_do() -> None:
         "header: X-Gate",
         "proxy: from the environment",
         "tls server name: t.internal",
+        "pool: 2 idle WebSockets (idle 30s, lifetime 300s)",
         "metrics: off",
     ]
     assert "secret" not in text

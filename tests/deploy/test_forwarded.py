@@ -50,8 +50,9 @@ async def test_trusted_proxy_states_the_client_address(
     )  # fmt: skip
     nport = await nginx.start(sport, http_extra=f"proxy_bind {PROXY_ADDRESS};")
     header = ("--header", f"X-Forwarded-For: {client_header}") if client_header else ()
+    # --pool 0: exactly two requests to count, no idle WebSockets opened ahead.
     client, local = await wstun.client(
-        f"ws://127.0.0.1:{nport}/tunnel/", f"127.0.0.1:{port}", *header
+        f"ws://127.0.0.1:{nport}/tunnel/", f"127.0.0.1:{port}", *header, "--pool", "0"
     )
     await client.wait_for(r"server ok")  # the client's check at startup: a request too
 
@@ -77,6 +78,7 @@ async def test_forged_headers_from_an_untrusted_peer_are_ignored(wstun: Wstun, t
         f"127.0.0.1:{port}",
         "--header", "X-Forwarded-For: 203.0.113.9",
         "--header", "X-Real-IP: 198.51.100.1",
+        "--pool", "0",  # exactly two requests to count
     )  # fmt: skip
     await client.wait_for(r"server ok")  # the client's check at startup: a request too
 

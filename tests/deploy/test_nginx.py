@@ -10,6 +10,7 @@ import os
 import subprocess
 
 from ..e2e.conftest import both_ways_target, greets_then_half_closes, send_and_receive
+from ..e2e.test_pool import READY, echo_once
 from .conftest import Nginx, Process, Wstun, echo_target, sha
 
 TIMEOUT = 60.0
@@ -23,6 +24,7 @@ async def behind_nginx(
     *,
     read_timeout: str = "60s",
     ping: str = "20",
+    client_args: tuple[str, ...] = (),
 ) -> tuple[Process, Process, int]:
     """Server (path /tunnel) behind nginx, and a client through nginx; its local port."""
     server, sport = await wstun.server(
@@ -30,8 +32,9 @@ async def behind_nginx(
     )
     port = await nginx.start(sport, read_timeout=read_timeout)
     client, local = await wstun.client(
-        f"ws://127.0.0.1:{port}/tunnel/", f"127.0.0.1:{target_port}", "--ping-interval", ping
-    )
+        f"ws://127.0.0.1:{port}/tunnel/", f"127.0.0.1:{target_port}", "--ping-interval", ping,
+        *client_args,
+    )  # fmt: skip
     return server, client, local
 
 
@@ -40,7 +43,8 @@ async def test_both_ways_at_once_byte_exact(wstun: Wstun, nginx: Nginx, target) 
     up, down = os.urandom(4 << 20), os.urandom(4 << 20)
     received: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
     port = await target(both_ways_target(down, received))
-    server, client, local = await behind_nginx(wstun, nginx, port)
+    # nginx logs a WebSocket when it closes, and a pooled one stays open: --pool 0.
+    server, client, local = await behind_nginx(wstun, nginx, port, client_args=("--pool", "0"))
     answer = await send_and_receive(local, up)
 
     assert sha(answer) == sha(down)
@@ -147,3 +151,23 @@ async def test_without_pings_nginx_cuts_an_idle_tunnel(wstun: Wstun, nginx: Ngin
         tail = None
     assert tail is None, "a cut tunnel must reset the app's connection, not end it cleanly"
     writer.close()
+
+
+async def test_the_pool_through_nginx_replaces_what_its_idle_timeout_cuts(
+    wstun: Wstun, nginx: Nginx, target
+) -> None:
+    """Pooled WebSockets ride nginx; with pings off, nginx's 1 s proxy_read_timeout cuts
+    the idle ones again and again; the pool replaces them and no connection fails."""
+    port = await target(echo_target())
+    server, client, local = await behind_nginx(
+        wstun, nginx, port, read_timeout="1s", ping="0", client_args=("-v", "--pool", "2")
+    )
+    await echo_once(local)
+    await client.wait_for(READY)
+    await client.wait_for(r"pool: an idle WebSocket was closed \(no close frame\)", count=2)
+    for _ in range(6):  # some of them meet a WebSocket just as nginx cuts it
+        await echo_once(local)
+    await client.wait_for(r"pool: open \S+ on a warm WebSocket")
+    lines = await server.wait_for(CLOSED.format(side="s"), count=7)
+    assert [line.group(3) for line in lines] == ["eof"] * 7
+    assert not client.matches(r"refused|can't|WARNING|ERROR")

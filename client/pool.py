@@ -1,0 +1,328 @@
+"""Warm, reusable WebSockets (``--pool N``): a new local connection skips the upgrade.
+
+:class:`PooledDialer` is a :class:`~wstun.client.tunnel.Dialer` that keeps up
+to ``size`` idle ``wstun.v2`` WebSockets to the server, opened ahead of
+demand and refilled in the background. A tunnel takes one and opens its
+target in-band (``open``, then ``opened`` or ``refused`` with the HTTP
+refusal's status and reason); a WebSocket whose tunnel ended cleanly both
+ways comes back for the next tunnel, to any target. One whose tunnel failed
+is closed, never reused.
+
+The pool learns that the server speaks ``wstun.v2`` from an ordinary tunnel
+(the target in the URL, offering ``wstun.v1, wstun.v2``): a v1 server keeps
+getting one WebSocket per tunnel, exactly as without a pool. Idle WebSockets
+have their keepalive, an idle limit and a lifetime; they are closed in the
+background, never while a connection waits for one. One cut while idle (a
+proxy's timeout, a server's drain) is replaced without a failed connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import dataclasses
+import logging
+import time
+
+from websockets.exceptions import ConnectionClosed
+from websockets.protocol import State
+
+from wstun.client.config import DEFAULT_IDLE, DEFAULT_LIFETIME, DEFAULT_POOL
+from wstun.client.dialer import WebSocketDialer
+from wstun.common.errors import HandshakeError
+from wstun.common.protocol import (
+    SUBPROTOCOL,
+    SUBPROTOCOL_V2,
+    CloseCode,
+    ControlError,
+    Open,
+    Opened,
+    Refused,
+    Target,
+    encode_control,
+    parse_control,
+)
+from wstun.common.streams import TunnelClientConnection, WebSocketStream
+from wstun.common.streams.internals import lost_waiter
+from wstun.common.streams.keepalive import Keepalive
+
+__all__ = ["PooledDialer"]
+
+logger = logging.getLogger("wstun.client")
+
+#: Seconds between two tries to refill after a refill failed.
+_REFILL_BACKOFF = 5.0
+
+
+class _Lost(Exception):
+    """An idle WebSocket turned out to be gone when a tunnel took it."""
+
+
+@dataclasses.dataclass(eq=False)
+class _Channel:
+    """One v2 WebSocket of the pool."""
+
+    connection: TunnelClientConnection
+    keepalive: Keepalive | None
+    born: float
+    #: While idle: the task that notices the server closing it, and the idle limit.
+    watcher: asyncio.Task[None] | None = None
+
+
+class PooledDialer:
+    """Tunnels over warm v2 WebSockets when the server speaks v2, else fresh ones."""
+
+    def __init__(
+        self,
+        dialer: WebSocketDialer,
+        size: int = DEFAULT_POOL,
+        *,
+        idle: float = DEFAULT_IDLE,
+        lifetime: float = DEFAULT_LIFETIME,
+    ) -> None:
+        self.dialer = dialer
+        self.size = size
+        self.idle_limit = idle
+        self.lifetime = lifetime
+        self._idle: collections.deque[_Channel] = collections.deque()
+        #: Whether the server speaks wstun.v2 (None: not known yet).
+        self.server_v2: bool | None = None
+        self._refilling: asyncio.Task[None] | None = None
+        self._refill_failed_at: float | None = None
+        self._closed = False
+        # Every channel open now, idle or carrying a tunnel (for close()).
+        self._channels: set[_Channel] = set()
+
+    async def probe(self) -> str:
+        """The server check of the dialer underneath (it opens no tunnel)."""
+        return await self.dialer.probe()
+
+    @property
+    def idle(self) -> int:
+        """Idle WebSockets ready now."""
+        return len(self._idle)
+
+    # The Dialer seam.
+
+    async def dial(self, target: Target) -> WebSocketStream:
+        """A tunnel to ``target``: on an idle WebSocket if one is ready, else a fresh one."""
+        while self._idle:
+            channel = await self._take()
+            if channel is None:
+                continue  # cut while it waited: the next one, or a fresh WebSocket
+            logger.debug("pool: open %s on a warm WebSocket", target)
+            try:
+                stream = await self._open(channel, target)
+            except _Lost:
+                continue
+            self.refill()
+            return stream
+        stream = await self._fresh(target)
+        self.refill()
+        return stream
+
+    async def _fresh(self, target: Target) -> WebSocketStream:
+        config = self.dialer.config
+        # v1 first: a peer that blindly picks the first offer (websocat does) gets
+        # the v1 it always got; a wstun server picks v2 wherever it is in the list.
+        connection = await self.dialer.connect(target, (SUBPROTOCOL, SUBPROTOCOL_V2))
+        if connection.subprotocol != SUBPROTOCOL_V2:
+            self.server_v2 = False
+            return WebSocketStream(
+                connection,
+                eof_markers=connection.subprotocol == SUBPROTOCOL,
+                ping_interval=config.ping_interval,
+                ping_timeout=config.ping_timeout,
+            )
+        self.server_v2 = True
+        return self._stream(self._channel(connection))
+
+    def _channel(self, connection: TunnelClientConnection) -> _Channel:
+        config = self.dialer.config
+        keepalive = (
+            Keepalive(connection, config.ping_interval, config.ping_timeout)
+            if config.ping_interval
+            else None
+        )
+        channel = _Channel(connection, keepalive, time.monotonic())
+        self._channels.add(channel)
+        lost_waiter(connection).add_done_callback(lambda _: self._forget(channel))
+        return channel
+
+    def _stream(self, channel: _Channel) -> WebSocketStream:
+        return WebSocketStream(
+            channel.connection,
+            eof_markers=True,
+            keepalive=channel.keepalive,
+            reusable=True,
+            on_reuse=lambda _: self._release(channel),
+        )
+
+    async def _open(self, channel: _Channel, target: Target) -> WebSocketStream:
+        """``open`` on an idle WebSocket and its answer; HandshakeError if refused."""
+        connection = channel.connection
+        timeout = self.dialer.config.connect_timeout
+        try:
+            await connection.send(encode_control(Open(str(target))))
+            async with asyncio.timeout(timeout):
+                answer = await connection.recv()
+        except ConnectionClosed:
+            self._forget(channel)
+            raise _Lost from None
+        except TimeoutError:
+            await self._close(channel, CloseCode.GOING_AWAY, "no answer to open")
+            raise HandshakeError(0, f"server did not answer the open within {timeout:g}s") from None
+        try:
+            if not isinstance(answer, str):
+                raise ControlError("payload before the answer to open")
+            control = parse_control(answer)
+            if not isinstance(control, Opened | Refused):
+                raise ControlError(f"unexpected {type(control).__name__.lower()} from the server")
+        except ControlError as exc:
+            await self._close(channel, CloseCode.PROTOCOL_ERROR, str(exc))
+            raise HandshakeError(0, f"bad answer from server: {exc}") from None
+        if isinstance(control, Refused):
+            self._release(channel)  # a refusal leaves the WebSocket as it was: idle
+            raise HandshakeError(control.status, control.reason)
+        return self._stream(channel)
+
+    # The idle WebSockets.
+
+    async def _take(self) -> _Channel | None:
+        """The oldest idle WebSocket, its watcher stopped; None if it turned out gone."""
+        channel = self._idle.popleft()
+        watcher, channel.watcher = channel.watcher, None
+        if watcher is not None:
+            # Its recv() must be over before a tunnel's starts (cancelling recv loses nothing).
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
+            if not watcher.cancelled():
+                return None  # it ended by itself: closed by the server, or broke the rules
+        if channel.connection.state is not State.OPEN:
+            self._forget(channel)
+            return None
+        if time.monotonic() - channel.born >= self.lifetime:
+            self._close_soon(channel, CloseCode.NORMAL, "lifetime over")
+            return None
+        return channel
+
+    def _release(self, channel: _Channel) -> None:
+        """A WebSocket is free again: idle in the pool, or closed when not wanted.
+
+        The pool refills to ``size`` idle WebSockets but takes back up to twice
+        that: a tunnel's WebSocket coming back just after the refill replaced it
+        is kept, not closed (which would cost an upgrade per tunnel); the extra
+        ones go after the idle limit.
+        """
+        if (
+            self._closed
+            or len(self._idle) >= 2 * self.size
+            or time.monotonic() - channel.born >= self.lifetime
+            or channel.connection.state is not State.OPEN
+        ):
+            self._close_soon(channel, CloseCode.NORMAL, "not needed")
+            return
+        channel.watcher = asyncio.get_running_loop().create_task(self._watch(channel))
+        self._idle.append(channel)
+
+    async def _watch(self, channel: _Channel) -> None:
+        """While idle: the server may only close it; after the idle limit, we do."""
+        connection = channel.connection
+        try:
+            async with asyncio.timeout(self.idle_limit):
+                message = await connection.recv()
+        except TimeoutError:
+            self._drop_idle(channel)
+            await self._close(channel, CloseCode.NORMAL, "idle")
+            return
+        except ConnectionClosed as closed:
+            # The server's drain, a proxy's idle timeout, a dead peer: open another.
+            self._drop_idle(channel)
+            self._forget(channel)
+            logger.debug("pool: an idle WebSocket was closed (%s); replacing it", _why(closed))
+            self.refill()
+            return
+        # Anything from the server while idle breaks the protocol.
+        self._drop_idle(channel)
+        kind = "payload" if isinstance(message, bytes) else "a control message"
+        logger.warning("pool: the server sent %s on an idle WebSocket; closing it", kind)
+        await self._close(channel, CloseCode.PROTOCOL_ERROR, f"{kind} while idle")
+        self.refill()
+
+    def _drop_idle(self, channel: _Channel) -> None:
+        with contextlib.suppress(ValueError):
+            self._idle.remove(channel)
+        channel.watcher = None
+
+    def refill(self) -> None:
+        """Open idle WebSockets, in the background, up to the pool's size."""
+        if self._closed or not self.server_v2 or self.size <= 0:
+            return
+        if self._refilling is not None and not self._refilling.done():
+            return
+        failed = self._refill_failed_at
+        if failed is not None and time.monotonic() - failed < _REFILL_BACKOFF:
+            return
+        self._refilling = asyncio.get_running_loop().create_task(self._refill())
+
+    async def _refill(self) -> None:
+        while not self._closed and len(self._idle) < self.size:
+            try:
+                connection = await self.dialer.connect(None, (SUBPROTOCOL_V2,))
+            except HandshakeError as exc:
+                # Tunnels still work, on fresh WebSockets; say why once in a while.
+                self._refill_failed_at = time.monotonic()
+                logger.debug("pool: can't open an idle WebSocket: %s", exc.outcome)
+                return
+            if connection.subprotocol != SUBPROTOCOL_V2:
+                self.server_v2 = False
+                await connection.close()
+                return
+            self._refill_failed_at = None
+            self._release(self._channel(connection))
+        if not self._closed and len(self._idle) >= self.size:
+            logger.debug("pool: ready, %d idle WebSocket(s)", len(self._idle))
+
+    # Closing.
+
+    def _forget(self, channel: _Channel) -> None:
+        self._channels.discard(channel)
+        if channel.keepalive is not None:
+            channel.keepalive.stop()
+
+    def _close_soon(self, channel: _Channel, code: int, reason: str) -> None:
+        task = asyncio.get_running_loop().create_task(self._close(channel, code, reason))
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+    async def _close(self, channel: _Channel, code: int, reason: str) -> None:
+        self._forget(channel)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(channel.connection.close(code, reason), 2.0)
+
+    async def close_idle(self, reason: str = "not needed") -> None:
+        """Close the idle WebSockets now (1001); the next tunnel refills the pool."""
+        if self._refilling is not None:
+            self._refilling.cancel()
+            await asyncio.gather(self._refilling, return_exceptions=True)
+        idle = [await self._take() for _ in range(len(self._idle))]
+        await asyncio.gather(
+            *(
+                self._close(channel, CloseCode.GOING_AWAY, reason)
+                for channel in idle
+                if channel is not None
+            ),
+            return_exceptions=True,
+        )
+
+    async def close(self) -> None:
+        """Close the idle WebSockets and stop refilling; tunnels end by themselves."""
+        self._closed = True
+        await self.close_idle("client shutting down")
+
+
+def _why(closed: ConnectionClosed) -> str:
+    frame = closed.rcvd or closed.sent
+    if frame is None:
+        return "no close frame"
+    return f"{frame.code} {frame.reason}".rstrip()
