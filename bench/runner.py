@@ -69,7 +69,7 @@ PROFILES: dict[str, tuple[int, Sizes]] = {
     ),
 }
 
-DEFAULT_TUNNELS = ("direct", "socat", "websocat", "websockify", "wstun")
+DEFAULT_TUNNELS = ("direct", "socat", "websocat", "websockify", "wstun", "wstun-nopool")
 TIMED_WORKLOADS = ("bulk", "iperf-up", "iperf-down", "iperf-p4", "redis-1", "redis-50", "churn")
 
 

@@ -135,8 +135,11 @@ def _websockify(target: int, logdir: Path) -> RunningTunnel:
     return _websocat_client(ws_port, logdir, [server])
 
 
-def _wstun(*server_args: str, bin_dir: Path | None = None) -> Starter:
-    """wstun with ``server_args``; from ``bin_dir`` (another build's) if given."""
+def _wstun(
+    *server_args: str, bin_dir: Path | None = None, client_args: tuple[str, ...] = ()
+) -> Starter:
+    """wstun with ``server_args`` and ``client_args``; from ``bin_dir`` (another
+    build's) if given."""
 
     def tool(name: str) -> str:
         return str(bin_dir / name) if bin_dir is not None else find_tool(name)
@@ -163,6 +166,7 @@ def _wstun(*server_args: str, bin_dir: Path | None = None) -> Starter:
                 "-L",
                 f"0:127.0.0.1:{target}",
                 f"ws://127.0.0.1:{ws_port}/",
+                *client_args,
             ],
             logdir,
         )
@@ -196,7 +200,16 @@ TUNNELS: dict[str, TunnelSpec] = {
             max_scale=1000,
             note="websockify server (forks per connection) + websocat client",
         ),
-        TunnelSpec("wstun", _wstun(), note="wstun-server + wstun-client, defaults"),
+        TunnelSpec(
+            "wstun",
+            _wstun(),
+            note="wstun-server + wstun-client, defaults (a pool of 2 warm WebSockets)",
+        ),
+        TunnelSpec(
+            "wstun-nopool",
+            _wstun(client_args=("--pool", "0")),
+            note="wstun-client --pool 0: a fresh WebSocket (upgrade) per connection",
+        ),
         TunnelSpec(
             "wstun-w2",
             _wstun("--workers", "2"),
@@ -212,14 +225,15 @@ def add_baseline(bin_dir: Path) -> str:
     for name in ("wstun-server", "wstun-client"):
         if not (bin_dir / name).exists():
             raise FileNotFoundError(f"{bin_dir / name} not found: --baseline takes a bin directory")
-    version = _version([str(bin_dir / "wstun-server"), "--version"])
+    version = version_line([str(bin_dir / "wstun-server"), "--version"])
     TUNNELS["wstun-base"] = TunnelSpec(
         "wstun-base", _wstun(bin_dir=bin_dir), note=f"wstun from {bin_dir} ({version}), defaults"
     )
     return "wstun-base"
 
 
-def _version(argv: list[str]) -> str:
+def version_line(argv: list[str]) -> str:
+    """The first line a tool prints of its version (or why it printed none)."""
     try:
         out = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
@@ -243,13 +257,13 @@ def tool_versions() -> dict[str, str]:
         "wstun": pkg("wstun"),
         "websockets": pkg("websockets"),
         "uvloop": pkg("uvloop"),
-        "websocat": _version([find_tool("websocat"), "--version"]),
+        "websocat": version_line([find_tool("websocat"), "--version"]),
         "websockify": pkg("websockify"),
-        "socat": _version([find_tool("socat"), "-V"]).strip(),
-        "iperf3": _version([find_tool("iperf3"), "--version"]),
-        "redis-server": _version([find_tool("redis-server"), "--version"]),
-        "wrk": _version([find_tool("wrk"), "--version"]),
-        "nginx": _version([find_tool("nginx"), "-v"]),
+        "socat": version_line([find_tool("socat"), "-V"]).strip(),
+        "iperf3": version_line([find_tool("iperf3"), "--version"]),
+        "redis-server": version_line([find_tool("redis-server"), "--version"]),
+        "wrk": version_line([find_tool("wrk"), "--version"]),
+        "nginx": version_line([find_tool("nginx"), "-v"]),
     }
     socat = subprocess.run(
         [find_tool("socat"), "-V"], capture_output=True, text=True, check=False

@@ -213,6 +213,36 @@ def iperf(tunnel: RunningTunnel, sizes: Sizes, *, reverse: bool, streams: int) -
     return {"ok": True, "detail": "", **figures}
 
 
+# ------------------------------------------------------- CPU per operation
+
+
+def _side_pids(tunnel: RunningTunnel) -> dict[str, list[int]]:
+    """The tunnel's processes by side: ``client`` (named so), ``server`` (the rest)."""
+    sides: dict[str, list[int]] = {"client": [], "server": []}
+    for proc in tunnel.procs:
+        sides["client" if proc.name.endswith("client") else "server"].append(proc.pid)
+    return sides
+
+
+class _SideCpu:
+    """CPU seconds of each side of the tunnel over a span, for a figure per operation."""
+
+    def __init__(self, tunnel: RunningTunnel) -> None:
+        self.sides = _side_pids(tunnel)
+        self.before = {side: cpu_seconds(pids) for side, pids in self.sides.items() if pids}
+
+    def per_op_us(self, operations: int, label: str) -> Result:
+        """``cpu_us_per_<label>`` for the whole tunnel, and ``_client`` / ``_server``."""
+        if operations <= 0 or not self.before:
+            return {}
+        used = {side: cpu_seconds(self.sides[side]) - b for side, b in self.before.items()}
+        figures: Result = {f"cpu_us_per_{label}": sum(used.values()) / operations * 1e6}
+        if len(used) == 2:
+            for side, seconds in used.items():
+                figures[f"cpu_us_per_{label}_{side}"] = seconds / operations * 1e6
+        return figures
+
+
 # ------------------------------------------------------------------- redis
 
 
@@ -220,12 +250,19 @@ def redis_ping(tunnel: RunningTunnel, requests: int, clients: int) -> Result:
     """redis-benchmark -t ping (the PING_MBULK row): requests/s, p50 and p99 in ms."""
     argv = [find_tool("redis-benchmark"), "-h", "127.0.0.1", "-p", str(tunnel.port)]
     argv += ["-t", "ping", "-n", str(requests), "-c", str(clients), "--csv"]
+    cpu = _SideCpu(tunnel)
     done = _run(argv, timeout=300)
     rows = {row[0]: row for row in csv.reader(io.StringIO(done.stdout)) if row}
     row = rows.get("PING_MBULK")
     if done.returncode != 0 or row is None:
         return _failed(f"redis-benchmark exit {done.returncode}: {done.stdout}{done.stderr}")
-    figures = {"rps": float(row[1]), "p50_ms": float(row[4]), "p99_ms": float(row[6])}
+    # -t ping runs PING_INLINE then PING_MBULK, ``requests`` each.
+    figures = {
+        "rps": float(row[1]),
+        "p50_ms": float(row[4]),
+        "p99_ms": float(row[6]),
+        **cpu.per_op_us(2 * requests, "request"),
+    }
     if "error" in done.stderr.lower() or figures["rps"] <= 0:
         return _failed(f"redis-benchmark: {done.stderr}", **figures)
     return {"ok": True, "detail": "", **figures}
@@ -239,6 +276,7 @@ def churn(tunnel: RunningTunnel, sizes: Sizes) -> Result:
     argv = [find_tool("wrk"), "-t", "1", "-c", str(sizes.churn_connections)]
     argv += ["-d", f"{sizes.churn_seconds}s", "-H", "Connection: close"]
     argv += [f"http://127.0.0.1:{tunnel.port}/small.txt"]
+    cpu = _SideCpu(tunnel)
     done = _run(argv, timeout=sizes.churn_seconds + 60)
     out = done.stdout
     rate = re.search(r"Requests/sec:\s*([\d.]+)", out)
@@ -252,6 +290,7 @@ def churn(tunnel: RunningTunnel, sizes: Sizes) -> Result:
         "conn_per_s": float(rate.group(1)),
         "requests": int(total.group(1)),
         "errors": errors,
+        **cpu.per_op_us(int(total.group(1)), "conn"),
     }
     if figures["requests"] <= 0 or errors:
         return _failed(f"wrk: {errors} errors\n{out}", **figures)
