@@ -282,7 +282,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         type=Path,
         metavar="BIN_DIR",
         help="also run wstun-base: the wstun-server/wstun-client in BIN_DIR (another build's "
-        "venv/bin), to compare two builds in one run",
+        "venv/bin), to compare two builds in one run (and wstun-base-nopool beside "
+        "wstun-nopool, if that build has --pool)",
     )
     args = parser.parse_args(argv)
 
@@ -298,7 +299,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     tunnels = [t for t in args.tunnels.split(",") if t]
     if args.baseline is not None:
         try:
-            tunnels.append(add_baseline(args.baseline.resolve()))
+            tunnels += add_baseline(args.baseline.resolve(), nopool="wstun-nopool" in tunnels)
         except FileNotFoundError as exc:
             parser.error(str(exc))
     workloads = [w for w in args.workloads.split(",") if w]

@@ -219,9 +219,10 @@ TUNNELS: dict[str, TunnelSpec] = {
 }
 
 
-def add_baseline(bin_dir: Path) -> str:
+def add_baseline(bin_dir: Path, *, nopool: bool = False) -> list[str]:
     """Add ``wstun-base``: wstun as built in another install (its ``bin`` directory),
-    to compare two builds in one run. Returns the tunnel's name."""
+    to compare two builds in one run; with ``nopool``, also ``wstun-base-nopool``
+    (its client with ``--pool 0``) if that build has a pool. Returns the names."""
     for name in ("wstun-server", "wstun-client"):
         if not (bin_dir / name).exists():
             raise FileNotFoundError(f"{bin_dir / name} not found: --baseline takes a bin directory")
@@ -229,7 +230,18 @@ def add_baseline(bin_dir: Path) -> str:
     TUNNELS["wstun-base"] = TunnelSpec(
         "wstun-base", _wstun(bin_dir=bin_dir), note=f"wstun from {bin_dir} ({version}), defaults"
     )
-    return "wstun-base"
+    names = ["wstun-base"]
+    client_help = subprocess.run(
+        [str(bin_dir / "wstun-client"), "--help"], capture_output=True, text=True, check=False
+    ).stdout
+    if nopool and "--pool" in client_help:
+        TUNNELS["wstun-base-nopool"] = TunnelSpec(
+            "wstun-base-nopool",
+            _wstun(bin_dir=bin_dir, client_args=("--pool", "0")),
+            note=f"wstun from {bin_dir} ({version}), wstun-client --pool 0",
+        )
+        names.append("wstun-base-nopool")
+    return names
 
 
 def version_line(argv: list[str]) -> str:
