@@ -36,6 +36,7 @@ from wstun.common.protocol import (
     build_tunnel_url,
 )
 from wstun.common.streams import WS_OPTIONS, TunnelClientConnection, WebSocketStream
+from wstun.common.streams.internals import environment_proxy
 
 __all__ = ["PLAIN_SERVER", "TLS_SERVER", "WebSocketDialer"]
 
@@ -68,6 +69,8 @@ class WebSocketDialer:
             headers.append((AUTHORIZATION_HEADER, f"Bearer {config.token}"))
         self._headers = headers
         self._probe = SchemeProbe()
+        # Looked up once: websockets would read the environment on every connect.
+        self._proxy = environment_proxy(config.url) if config.proxy is True else config.proxy
 
     async def probe(self) -> str:
         """Ask the server, once, whether it is there and takes the token; opens no tunnel.
@@ -160,7 +163,7 @@ class WebSocketDialer:
 
     def _connect_options(self, url: str) -> dict[str, Any]:
         config = self.config
-        options: dict[str, Any] = {"proxy": config.proxy}
+        options: dict[str, Any] = {"proxy": self._proxy}
         if self._tls is not None:
             options["ssl"] = self._tls
             if config.tls_server_name is not None:

@@ -19,6 +19,9 @@ used anywhere. These are not promised and may move in any release:
   ``websockets.speedups.apply_mask`` (or ``websockets.utils``').
 - closing: ``Connection.connection_lost_waiter``,
   ``Connection.protocol.close_exc``.
+- the client's proxy from the environment, looked up once rather than on
+  every ``connect(proxy=True)`` (:func:`environment_proxy`):
+  ``websockets.proxy.get_proxy`` and ``websockets.uri.parse_uri``.
 - the server's handshake: its ``ServerProtocol`` gets its class swapped for
   a subclass whose ``send_response()`` and ``send_eof()`` route every answer
   through the server (:func:`route_answers`), reading ``handshake_exc``,
@@ -48,8 +51,10 @@ from websockets.exceptions import ConnectionClosed, InvalidMessage
 from websockets.frames import Frame
 from websockets.http11 import MAX_NUM_HEADERS, Request, Response
 from websockets.protocol import CONNECTING, Event, Protocol, Side, State
+from websockets.proxy import get_proxy
 from websockets.server import ServerProtocol
 from websockets.streams import StreamReader
+from websockets.uri import parse_uri
 
 try:
     from websockets.speedups import apply_mask
@@ -395,6 +400,15 @@ _EXPECTED = (
 _EXPECTED_ON_SERVERS = tuple(
     f"protocol.{name}" for name in ("handshake_exc", "state", "send_response", "send_eof")
 )
+
+
+def environment_proxy(url: str) -> str | None:
+    """The proxy ``connect(url, proxy=True)`` would take from the environment, or None.
+
+    websockets reads the environment (``getproxies()``, ``proxy_bypass()``) on
+    every connect; it doesn't change under a running client, so once is enough.
+    """
+    return get_proxy(parse_uri(url))
 
 
 def missing(connection: Connection) -> list[str]:
