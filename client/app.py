@@ -168,6 +168,8 @@ class TunnelClient:
         for task in tunnels:
             task.cancel()
         await asyncio.gather(*tunnels, return_exceptions=True)
+        if isinstance(self.dialer, PooledDialer):
+            await self.dialer.close()  # the WebSockets the last tunnels gave back
         for server in self._servers:
             await server.wait_closed()
         self._servers.clear()

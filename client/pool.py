@@ -44,7 +44,7 @@ from wstun.common.protocol import (
     parse_control,
 )
 from wstun.common.streams import TunnelClientConnection, WebSocketStream
-from wstun.common.streams.internals import lost_waiter
+from wstun.common.streams.internals import drop, lost_waiter
 from wstun.common.streams.keepalive import Keepalive
 
 __all__ = ["PooledDialer"]
@@ -93,6 +93,8 @@ class PooledDialer:
         self._closed = False
         # Every channel open now, idle or carrying a tunnel (for close()).
         self._channels: set[_Channel] = set()
+        # Closing handshakes under way in the background.
+        self._closing: set[asyncio.Task[None]] = set()
 
     async def probe(self) -> str:
         """The server check of the dialer underneath (it opens no tunnel)."""
@@ -293,12 +295,19 @@ class PooledDialer:
 
     def _close_soon(self, channel: _Channel, code: int, reason: str) -> None:
         task = asyncio.get_running_loop().create_task(self._close(channel, code, reason))
-        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        self._closing.add(task)  # close() waits for it: no socket outlives the pool
+        task.add_done_callback(self._closing.discard)
 
     async def _close(self, channel: _Channel, code: int, reason: str) -> None:
+        """The closing handshake, 2 s at most; then, or if cancelled, the socket is cut."""
         self._forget(channel)
-        with contextlib.suppress(Exception):
+        try:
             await asyncio.wait_for(channel.connection.close(code, reason), 2.0)
+        except asyncio.CancelledError:
+            drop(channel.connection)
+            raise
+        except Exception:  # a timeout, or the connection already broken
+            drop(channel.connection)
 
     async def close_idle(self, reason: str = "not needed") -> None:
         """Close the idle WebSockets now (1001); the next tunnel refills the pool."""
@@ -316,9 +325,12 @@ class PooledDialer:
         )
 
     async def close(self) -> None:
-        """Close the idle WebSockets and stop refilling; tunnels end by themselves."""
+        """Close the idle WebSockets and stop refilling; tunnels end by themselves, and
+        the WebSockets they give back are closed. Call it again once they have
+        ended: it waits for those closes too."""
         self._closed = True
         await self.close_idle("client shutting down")
+        await asyncio.gather(*self._closing, return_exceptions=True)
 
 
 def _why(closed: ConnectionClosed) -> str:
