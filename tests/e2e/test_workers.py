@@ -44,7 +44,7 @@ async def test_workers_share_the_port_and_carry_tunnels(wstun: Wstun, target) ->
     assert len(closed) == 20
     assert server.stop(signal.SIGTERM) == 0
     assert not any(alive(pid) for pid in pids)
-    assert len(server.matches("shutting down")) == 2
+    assert len(server.matches(r"wstun\.server: shutting down$")) == 2  # one per worker
 
 
 async def test_a_worker_that_dies_stops_the_server(wstun: Wstun) -> None:
