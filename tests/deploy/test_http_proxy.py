@@ -105,3 +105,25 @@ async def test_no_proxy_bypasses_the_environment_proxy(wstun: Wstun, target) -> 
     env = clean_env(HTTP_PROXY=f"http://127.0.0.1:{free_port()}", NO_PROXY="127.0.0.1")
     _, local = await wstun.client(f"ws://127.0.0.1:{sport}/", f"127.0.0.1:{port}", env=env)
     assert await echo_once(local, b"direct") == b"direct"
+
+
+async def test_pooled_websockets_go_through_the_proxy_too(
+    wstun: Wstun, target, tmp_path: Path
+) -> None:
+    """With the proxy from the environment (looked up once), the pool's warm WebSockets
+    are CONNECTed through tinyproxy like the first one, and carry later tunnels."""
+    port = await target(echo_target())
+    server, sport = await wstun.server("--allow", f"127.0.0.1:{port}")
+    proxy = await start_tinyproxy(wstun, tmp_path, sport)
+    client, local = await wstun.client(
+        f"ws://127.0.0.1:{sport}/", f"127.0.0.1:{port}", "-v", "--pool", "2",
+        env=clean_env(HTTP_PROXY=proxy.url),
+    )  # fmt: skip
+    assert await echo_once(local, b"first") == b"first"
+    await client.wait_for(r"pool: ready, \d+ idle")
+    for n in range(3):
+        assert await echo_once(local, b"again %d" % n) == b"again %d" % n
+    await client.wait_for(r"pool: open \S+ on a warm WebSocket", count=3)
+    await server.wait_for(r"tunnel closed id=s\d+ .*end=eof", count=4)
+    # The check, the first tunnel and at least the two idle WebSockets: all CONNECTs.
+    assert proxy.log.count(f"CONNECT 127.0.0.1:{sport}") >= 4
