@@ -35,7 +35,7 @@ from wstun.common.protocol import (
     Target,
     build_tunnel_url,
 )
-from wstun.common.streams import WS_OPTIONS, TunnelClientConnection, WebSocketStream
+from wstun.common.streams import WS_OPTIONS, ByteStream, TunnelClientConnection, WebSocketStream
 from wstun.common.streams.internals import environment_proxy
 
 __all__ = ["PLAIN_SERVER", "TLS_SERVER", "WebSocketDialer"]
@@ -199,8 +199,9 @@ class WebSocketDialer:
         except Exception as exc:
             raise await self._explain(exc) from exc
 
-    async def dial(self, target: Target) -> WebSocketStream:
-        """Open a WebSocket to the server for ``target``; HandshakeError if refused."""
+    async def dial(self, target: Target, early: ByteStream | None = None) -> WebSocketStream:
+        """Open a WebSocket to the server for ``target``; HandshakeError if refused.
+        (``early`` is not used: the target is checked before the upgrade's answer.)"""
         config = self.config
         connection = await self.connect(target, (SUBPROTOCOL,))
         return WebSocketStream(

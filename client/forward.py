@@ -87,6 +87,7 @@ class ForwardedConnection(LocalEnd):
     def __init__(self, stream: TcpStream) -> None:
         self.stream = stream
         self.peer = format_peer(stream.peername)
+        self.early = stream  # what the application sends may go ahead of the answer
 
     async def refused(self, error: HandshakeError) -> None:
         await self.stream.abort()

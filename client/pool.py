@@ -27,6 +27,7 @@ import time
 
 from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
+from websockets.typing import Data
 
 from wstun.client.config import DEFAULT_IDLE, DEFAULT_LIFETIME, DEFAULT_POOL
 from wstun.client.dialer import WebSocketDialer
@@ -43,7 +44,7 @@ from wstun.common.protocol import (
     encode_control,
     parse_control,
 )
-from wstun.common.streams import TunnelClientConnection, WebSocketStream
+from wstun.common.streams import ByteStream, TunnelClientConnection, WebSocketStream
 from wstun.common.streams.internals import drop, lost_waiter
 from wstun.common.streams.keepalive import Keepalive
 
@@ -57,6 +58,37 @@ _REFILL_BACKOFF = 5.0
 
 class _Lost(Exception):
     """An idle WebSocket turned out to be gone when a tunnel took it."""
+
+
+class _Ahead:
+    """The first chunk of a local stream, read while the server answers an ``open``."""
+
+    def __init__(self, source: ByteStream | None, size: int) -> None:
+        self.source = source
+        self.size = size
+        #: What was read (and sent behind the open); kept for a retry elsewhere.
+        self.data = b""
+
+    async def while_waiting(self, connection: TunnelClientConnection) -> Data:
+        """The server's answer; meanwhile at most one chunk of the source is sent."""
+        answer = asyncio.ensure_future(connection.recv())
+        source, self.source = self.source, None  # one chunk, on the first try only
+        if source is None:
+            return await answer
+        reading = asyncio.ensure_future(source.read(self.size))
+        try:
+            await asyncio.wait((answer, reading), return_when=asyncio.FIRST_COMPLETED)
+            if not reading.done():
+                reading.cancel()  # the chunk stays in the stream for the relay
+            await asyncio.gather(reading, return_exceptions=True)
+            if not reading.cancelled() and reading.exception() is None and reading.result():
+                # After a refusal too: the server drops it; after opened it is payload.
+                self.data = reading.result()
+                await connection.send(self.data)
+            return await answer
+        finally:
+            for task in (answer, reading):
+                task.cancel()
 
 
 @dataclasses.dataclass(eq=False)
@@ -107,21 +139,30 @@ class PooledDialer:
 
     # The Dialer seam.
 
-    async def dial(self, target: Target) -> WebSocketStream:
-        """A tunnel to ``target``: on an idle WebSocket if one is ready, else a fresh one."""
+    async def dial(self, target: Target, early: ByteStream | None = None) -> WebSocketStream:
+        """A tunnel to ``target``: on an idle WebSocket if one is ready, else a fresh one.
+
+        With ``early``, its first chunk goes behind the ``open`` if it comes before
+        the answer, so a request costs one round trip; the stream's ``sent_ahead``
+        counts it. A chunk read for a WebSocket found cut goes on the next one.
+        """
+        ahead = _Ahead(early, self.dialer.config.read_size)
         while self._idle:
             channel = await self._take()
             if channel is None:
                 continue  # cut while it waited: the next one, or a fresh WebSocket
             logger.debug("pool: open %s on a warm WebSocket", target)
             try:
-                stream = await self._open(channel, target)
+                stream = await self._open(channel, target, ahead)
             except _Lost:
                 continue
             self.refill()
             return stream
         stream = await self._fresh(target)
         self.refill()
+        if ahead.data:  # read for a warm WebSocket that turned out cut
+            await stream.write(ahead.data)
+            stream.sent_ahead = len(ahead.data)
         return stream
 
     async def _fresh(self, target: Target) -> WebSocketStream:
@@ -161,14 +202,17 @@ class PooledDialer:
             on_reuse=lambda _: self._release(channel),
         )
 
-    async def _open(self, channel: _Channel, target: Target) -> WebSocketStream:
-        """``open`` on an idle WebSocket and its answer; HandshakeError if refused."""
+    async def _open(self, channel: _Channel, target: Target, ahead: _Ahead) -> WebSocketStream:
+        """``open`` on an idle WebSocket (and what goes ahead), then its answer;
+        HandshakeError if refused."""
         connection = channel.connection
         timeout = self.dialer.config.connect_timeout
         try:
             await connection.send(encode_control(Open(str(target))))
+            if ahead.data:
+                await connection.send(ahead.data)
             async with asyncio.timeout(timeout):
-                answer = await connection.recv()
+                answer = await ahead.while_waiting(connection)
         except ConnectionClosed:
             self._forget(channel)
             raise _Lost from None
@@ -185,9 +229,12 @@ class PooledDialer:
             await self._close(channel, CloseCode.PROTOCOL_ERROR, str(exc))
             raise HandshakeError(0, f"bad answer from server: {exc}") from None
         if isinstance(control, Refused):
-            self._release(channel)  # a refusal leaves the WebSocket as it was: idle
+            # A refusal leaves the WebSocket idle; the server drops what went ahead.
+            self._release(channel)
             raise HandshakeError(control.status, control.reason)
-        return self._stream(channel)
+        stream = self._stream(channel)
+        stream.sent_ahead = len(ahead.data)
+        return stream
 
     # The idle WebSockets.
 

@@ -40,9 +40,13 @@ logger = logging.getLogger("wstun.client")
 class Dialer(Protocol):
     """Gives a connected tunnel stream for a target."""
 
-    async def dial(self, target: Target) -> ByteStream:
+    async def dial(self, target: Target, early: ByteStream | None = None) -> ByteStream:
         """A tunnel to ``target``, ready to relay.
 
+        ``early`` is the local stream when its first bytes may go ahead: a
+        dialer that opens the tunnel in-band may read one chunk of it while
+        the server answers and send it behind the open; the stream it returns
+        then says how many bytes in ``sent_ahead`` (read with a default of 0).
         Raises :class:`HandshakeError` when none can be had: the server
         refused (its status and reason) or wasn't reached (status 0).
         """
@@ -62,6 +66,9 @@ class LocalEnd(abc.ABC):
     peer: str
     #: Its name in relay error messages.
     name = "local"
+    #: The stream whose first bytes may go to the server before its answer
+    #: (``-L``: the application sent them to a plain TCP port); None: wait.
+    early: ByteStream | None = None
 
     def refusal_note(self, error: HandshakeError) -> str:
         """Words added to the failure line (e.g. the SOCKS5 reply code sent)."""
@@ -123,7 +130,7 @@ class Tunnel:
         """Carry the tunnel to its end; nothing is raised but cancellation."""
         local, settings = self.local, self._settings
         try:
-            remote = await self._dialer.dial(self.target)
+            remote = await self._dialer.dial(self.target, early=local.early)
         except HandshakeError as exc:
             await self._refused(exc)
             return self.report
@@ -134,6 +141,7 @@ class Tunnel:
             await self._refused(HandshakeError(0, f"can't open a tunnel: {exc!r}"))
             return self.report
         self.report.remote = remote
+        self.report.sent_ahead = getattr(remote, "sent_ahead", 0)
         try:
             stream = await local.opened(remote)
         except asyncio.CancelledError:

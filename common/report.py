@@ -71,12 +71,14 @@ class TunnelReport:
     progress: list[Transfer] = dataclasses.field(default_factory=list, repr=False)
     #: The stream to the far side, once there is one (for its ping round trip).
     remote: ByteStream | None = dataclasses.field(default=None, repr=False)
+    #: Payload bytes the dial already sent up, ahead of the relay (counted in ``up``).
+    sent_ahead: int = 0
 
     def moved(self) -> tuple[int, int]:
         """Payload bytes up and down so far: live while relaying, final after."""
         if self.progress:
             forward, backward = self.progress
-            return forward.count, backward.count
+            return self.sent_ahead + forward.count, backward.count
         return self.up, self.down
 
     def finish(self, counts: tuple[int, int] | None, error: BaseException | None) -> None:
@@ -90,6 +92,8 @@ class TunnelReport:
         elif error is not None:
             self.end = TunnelEnd.ERROR
             self.reason = self.reason or str(error) or type(error).__name__
+        if counts is not None or isinstance(error, RelayError):
+            self.up += self.sent_ahead
 
     def line(self) -> str:
         duration = time.monotonic() - self.started

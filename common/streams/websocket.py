@@ -128,6 +128,8 @@ class WebSocketStream(ByteStream):
         self.reusable_now = False
         # Told, by close(), when the WebSocket is free for the next tunnel.
         self._on_reuse = on_reuse
+        #: Payload its dialer sent before the tunnel was open (client/pool.py).
+        self.sent_ahead = 0
 
     @property
     def connection(self) -> Connection:

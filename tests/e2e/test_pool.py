@@ -347,3 +347,79 @@ async def test_a_server_speaking_on_an_idle_websocket_breaks_the_protocol(
         # The pool opens another in its place.
         await client.wait_for(READY, count=2)
     assert len(idle) == 2
+
+
+# ------------------------------------------------------------- early payload
+
+
+async def test_the_request_goes_ahead_of_the_answer(wstun: Wstun, target) -> None:
+    """On a warm WebSocket the application's first bytes follow the ``open`` without
+    waiting for ``opened`` (one round trip per request), and count in the tunnel's line."""
+    port = await target(echo_target())
+    ahead: list[bytes] = []
+
+    async def patient_v2_server(ws: ServerConnection) -> None:
+        destination = target_of(ws)
+        if destination is not None:  # the first tunnel, the target in the URL
+            await relay_v1(ws, destination)
+        with contextlib.suppress(ConnectionClosed):
+            opening = json.loads(await ws.recv())
+            # Answer only once the request is here: a client that waits would hang.
+            early = await asyncio.wait_for(ws.recv(), TIMEOUT)
+            assert isinstance(early, bytes)
+            ahead.append(early)
+            await ws.send('{"type": "opened"}')
+            host, _, tport = opening["target"].rpartition(":")
+            reader, writer = await asyncio.open_connection(host, int(tport))
+            writer.write(early)
+            while (message := await ws.recv()) != b"":
+                assert isinstance(message, bytes)
+                writer.write(message)
+            writer.write_eof()
+            while data := await reader.read(65536):
+                await ws.send(data)
+            await ws.send(b"")
+            writer.close()
+            await ws.wait_closed()
+
+    async with fake_server(patient_v2_server, ["wstun.v2", "wstun.v1"]) as sport:
+        client, local = await wstun.client(
+            f"ws://127.0.0.1:{sport}/", f"127.0.0.1:{port}", "-v", "--pool", "1"
+        )
+        await echo_once(local)
+        await client.wait_for(READY)
+        request = b"GET / HTTP/1.0\r\n\r\n"
+        await echo_once(local, request)
+        (line,) = (await client.wait_for(r"tunnel closed id=c2 .*up=(\d+) down=(\d+)"))[:1]
+    assert ahead == [request]
+    assert line.groups() == (str(len(request)), str(len(request)))
+
+
+async def test_what_went_ahead_to_a_refused_target_reaches_no_other(wstun: Wstun, target) -> None:
+    """A request sent ahead to a target the server refuses is dropped: later tunnels on
+    the same WebSockets get their own bytes only, and the refusal reads as ever."""
+    received: list[bytes] = []
+    port = await target(echo_target(received))
+    server, sport = await wstun.server("--allow", f"127.0.0.1:{port}")
+    client = wstun.spawn(
+        [wstun.client_cmd, "-L", f"0:127.0.0.1:{port}", "-L", "0:127.0.0.1:1",
+         f"ws://127.0.0.1:{sport}/", "-v", "--pool", "1"]
+    )  # fmt: skip
+    matches = await client.wait_for(r"forwarding 127\.0\.0\.1:(\d+) ->", count=2)
+    echo_local, refused_local = (int(m.group(1)) for m in matches)
+    await echo_once(echo_local, b"first")
+    await client.wait_for(READY)
+
+    reader, writer = await asyncio.open_connection("127.0.0.1", refused_local)
+    writer.write(b"for the refused target only")
+    with pytest.raises(ConnectionResetError):
+        await asyncio.wait_for(reader.read(), TIMEOUT)
+    writer.close()
+    await client.wait_for(r"tunnel to 127\.0\.0\.1:1 refused: 403 target not allowed")
+    # Whichever idle WebSocket carried the refused request, these use them all.
+    later = [b"second", b"third", b"fourth"]
+    for payload in later:
+        await echo_once(echo_local, payload)
+    await server_lines(server, 4)
+    assert client.matches(r"pool: open 127\.0\.0\.1:1 on a warm WebSocket")
+    assert received == [b"first", *later]
