@@ -202,11 +202,14 @@ class WebSocketDialer:
     async def dial(self, target: Target, early: ByteStream | None = None) -> WebSocketStream:
         """Open a WebSocket to the server for ``target``; HandshakeError if refused.
         (``early`` is not used: the target is checked before the upgrade's answer.)"""
-        config = self.config
-        connection = await self.connect(target, (SUBPROTOCOL,))
+        return self.stream(await self.connect(target, (SUBPROTOCOL,)))
+
+    def stream(self, connection: TunnelClientConnection) -> WebSocketStream:
+        """The one tunnel of a WebSocket that isn't ``wstun.v2``: EOF markers with
+        ``wstun.v1``, none with a plain WebSocket peer; its own keepalive."""
         return WebSocketStream(
             connection,
             eof_markers=connection.subprotocol == SUBPROTOCOL,
-            ping_interval=config.ping_interval,
-            ping_timeout=config.ping_timeout,
+            ping_interval=self.config.ping_interval,
+            ping_timeout=self.config.ping_timeout,
         )

@@ -123,19 +123,12 @@ class PooledDialer:
         self._refilling: asyncio.Task[None] | None = None
         self._refill_failed_at: float | None = None
         self._closed = False
-        # Every channel open now, idle or carrying a tunnel (for close()).
-        self._channels: set[_Channel] = set()
         # Closing handshakes under way in the background.
         self._closing: set[asyncio.Task[None]] = set()
 
     async def probe(self) -> str:
         """The server check of the dialer underneath (it opens no tunnel)."""
         return await self.dialer.probe()
-
-    @property
-    def idle(self) -> int:
-        """Idle WebSockets ready now."""
-        return len(self._idle)
 
     # The Dialer seam.
 
@@ -166,18 +159,12 @@ class PooledDialer:
         return stream
 
     async def _fresh(self, target: Target) -> WebSocketStream:
-        config = self.dialer.config
         # v1 first: a peer that blindly picks the first offer (websocat does) gets
         # the v1 it always got; a wstun server picks v2 wherever it is in the list.
         connection = await self.dialer.connect(target, (SUBPROTOCOL, SUBPROTOCOL_V2))
         if connection.subprotocol != SUBPROTOCOL_V2:
             self.server_v2 = False
-            return WebSocketStream(
-                connection,
-                eof_markers=connection.subprotocol == SUBPROTOCOL,
-                ping_interval=config.ping_interval,
-                ping_timeout=config.ping_timeout,
-            )
+            return self.dialer.stream(connection)
         self.server_v2 = True
         return self._stream(self._channel(connection))
 
@@ -189,7 +176,6 @@ class PooledDialer:
             else None
         )
         channel = _Channel(connection, keepalive, time.monotonic())
-        self._channels.add(channel)
         lost_waiter(connection).add_done_callback(lambda _: self._forget(channel))
         return channel
 
@@ -336,7 +322,7 @@ class PooledDialer:
     # Closing.
 
     def _forget(self, channel: _Channel) -> None:
-        self._channels.discard(channel)
+        """A channel that is closed or closing: its keepalive stops."""
         if channel.keepalive is not None:
             channel.keepalive.stop()
 
