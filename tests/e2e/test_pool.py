@@ -197,6 +197,15 @@ async def fake_server(handler: Handler, subprotocols: list[str]) -> AsyncIterato
         yield server.sockets[0].getsockname()[1]
 
 
+async def client_close(ws: ServerConnection) -> tuple[int, str]:
+    """Read until the client closes ``ws``; the code and reason it closed with."""
+    with contextlib.suppress(ConnectionClosed):
+        while True:
+            await ws.recv()
+    assert ws.close_code is not None
+    return ws.close_code, ws.close_reason or ""
+
+
 def target_of(ws: ServerConnection) -> str | None:
     assert ws.request is not None
     values = parse_qs(urlsplit(ws.request.path).query).get("to")
@@ -290,10 +299,7 @@ async def test_a_bad_answer_to_open_closes_with_1002(
             return
         assert opening == {"type": "open", "target": f"127.0.0.1:{port}"}
         await ws.send(message)
-        with contextlib.suppress(ConnectionClosed):
-            await ws.recv()
-        assert ws.close_code is not None
-        await closes.put((ws.close_code, ws.close_reason or ""))
+        await closes.put(await client_close(ws))
 
     async with fake_server(bad_v2_server, ["wstun.v2", "wstun.v1"]) as sport:
         client, local = await wstun.client(
@@ -327,10 +333,7 @@ async def test_a_server_speaking_on_an_idle_websocket_breaks_the_protocol(
             return
         idle.append(ws)
         ready.set()
-        with contextlib.suppress(ConnectionClosed):
-            await ws.recv()
-        assert ws.close_code is not None
-        await closes.put((ws.close_code, ws.close_reason or ""))
+        await closes.put(await client_close(ws))
 
     async with fake_server(chatty_v2_server, ["wstun.v2", "wstun.v1"]) as sport:
         client, local = await wstun.client(
