@@ -45,6 +45,7 @@ from bench.delaylink import enter_netns
 from bench.procs import Proc
 from bench.runner import machine_info
 from bench.tunnels import RunningTunnel, find_tool, version_line
+from bench.workloads import nginx_conf
 
 __all__ = ["main"]
 
@@ -266,26 +267,6 @@ def _start_direct(ctx: Ctx, tls: bool) -> Started:
     return Started(ADDR_B, RunningTunnel(ctx.target_port, []))
 
 
-_NGINX_CONF = """\
-daemon off;
-master_process off;
-worker_processes 1;
-pid {root}/nginx.pid;
-error_log stderr warn;
-events {{ worker_connections 1024; }}
-http {{
-    access_log off;
-    client_body_temp_path {root}/body;
-    proxy_temp_path {root}/proxy;
-    fastcgi_temp_path {root}/fastcgi;
-    uwsgi_temp_path {root}/uwsgi;
-    scgi_temp_path {root}/scgi;
-    server {{
-{server}
-    }}
-}}
-"""
-
 #: The target: a fixed small answer, right away.
 _TARGET_SERVER = """\
         listen 0.0.0.0:{port};
@@ -311,7 +292,7 @@ def start_nginx(ns: Netns, logdir: Path, name: str, server: str, port: int) -> P
     root = logdir / f"{name}-{port}"
     root.mkdir()
     conf = root / "nginx.conf"
-    conf.write_text(_NGINX_CONF.format(root=root, server=server))
+    conf.write_text(nginx_conf(root, server))
     argv = [find_tool("nginx"), "-p", str(root), "-c", str(conf), "-e", "stderr"]
     return Proc(name, ns.argv(argv), logdir)
 

@@ -96,7 +96,10 @@ class Targets:
         (root / "www").mkdir(parents=True, exist_ok=True)
         (root / "www" / "small.txt").write_bytes(b"x" * 612)
         conf = root / "nginx.conf"
-        conf.write_text(_NGINX_CONF.format(root=root, port=port))
+        server = f"        listen 127.0.0.1:{port} backlog=4096;\n        root {root}/www;"
+        conf.write_text(
+            nginx_conf(root, server, connections=8192, main="worker_rlimit_nofile 20000;\n")
+        )
         proc = Proc(
             "nginx", [find_tool("nginx"), "-p", str(root), "-c", str(conf), "-e", "stderr"], root
         )
@@ -153,8 +156,7 @@ master_process off;
 worker_processes 1;
 pid {root}/nginx.pid;
 error_log stderr warn;
-worker_rlimit_nofile 20000;
-events {{ worker_connections 8192; }}
+{main}events {{ worker_connections {connections}; }}
 http {{
     access_log off;
     client_body_temp_path {root}/body;
@@ -163,11 +165,16 @@ http {{
     uwsgi_temp_path {root}/uwsgi;
     scgi_temp_path {root}/scgi;
     server {{
-        listen 127.0.0.1:{port} backlog=4096;
-        root {root}/www;
+{server}
     }}
 }}
 """
+
+
+def nginx_conf(root: Path, server: str, *, connections: int = 1024, main: str = "") -> str:
+    """A one-process nginx in the foreground, its files under ``root``, serving one
+    ``server`` block (its directives, indented); ``main`` adds top-level lines."""
+    return _NGINX_CONF.format(root=root, server=server, connections=connections, main=main)
 
 
 def _run(argv: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
