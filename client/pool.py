@@ -27,10 +27,10 @@ import time
 
 from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
-from websockets.typing import Data
 
 from wstun.client.config import DEFAULT_IDLE, DEFAULT_LIFETIME, DEFAULT_POOL
 from wstun.client.dialer import WebSocketDialer
+from wstun.common.ahead import Ahead
 from wstun.common.errors import HandshakeError
 from wstun.common.protocol import (
     SUBPROTOCOL,
@@ -58,37 +58,6 @@ _REFILL_BACKOFF = 5.0
 
 class _Lost(Exception):
     """An idle WebSocket turned out to be gone when a tunnel took it."""
-
-
-class _Ahead:
-    """The first chunk of a local stream, read while the server answers an ``open``."""
-
-    def __init__(self, source: ByteStream | None, size: int) -> None:
-        self.source = source
-        self.size = size
-        #: What was read (and sent behind the open); kept for a retry elsewhere.
-        self.data = b""
-
-    async def while_waiting(self, connection: TunnelClientConnection) -> Data:
-        """The server's answer; meanwhile at most one chunk of the source is sent."""
-        answer = asyncio.ensure_future(connection.recv())
-        source, self.source = self.source, None  # one chunk, on the first try only
-        if source is None:
-            return await answer
-        reading = asyncio.ensure_future(source.read(self.size))
-        try:
-            await asyncio.wait((answer, reading), return_when=asyncio.FIRST_COMPLETED)
-            if not reading.done():
-                reading.cancel()  # the chunk stays in the stream for the relay
-            await asyncio.gather(reading, return_exceptions=True)
-            if not reading.cancelled() and reading.exception() is None and reading.result():
-                # After a refusal too: the server drops it; after opened it is payload.
-                self.data = reading.result()
-                await connection.send(self.data)
-            return await answer
-        finally:
-            for task in (answer, reading):
-                task.cancel()
 
 
 @dataclasses.dataclass(eq=False)
@@ -139,7 +108,7 @@ class PooledDialer:
         the answer, so a request costs one round trip; the stream's ``sent_ahead``
         counts it. A chunk read for a WebSocket found cut goes on the next one.
         """
-        ahead = _Ahead(early, self.dialer.config.read_size)
+        ahead = Ahead(early, self.dialer.config.read_size)
         while self._idle:
             channel = await self._take()
             if channel is None:
@@ -188,7 +157,7 @@ class PooledDialer:
             on_reuse=lambda _: self._release(channel),
         )
 
-    async def _open(self, channel: _Channel, target: Target, ahead: _Ahead) -> WebSocketStream:
+    async def _open(self, channel: _Channel, target: Target, ahead: Ahead) -> WebSocketStream:
         """``open`` on an idle WebSocket (and what goes ahead), then its answer;
         HandshakeError if refused."""
         connection = channel.connection
