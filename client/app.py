@@ -1,4 +1,4 @@
-"""The running client: its -L and -D listeners, their tunnels, metrics and drain.
+"""The running client: its -L and -D listeners, its -R forwards, their tunnels, metrics, drain.
 
 Every accepted connection becomes a :class:`~wstun.client.tunnel.Tunnel`
 whose local end is the mode's (:class:`ForwardedConnection` for ``-L``,
@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import secrets
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -22,6 +23,7 @@ from wstun.client.dialer import WebSocketDialer
 from wstun.client.failures import FailureLog
 from wstun.client.forward import Forward, ForwardedConnection
 from wstun.client.pool import PooledDialer
+from wstun.client.reverse import ReverseForward
 from wstun.client.socks import SocksConnection, SocksProxy
 from wstun.client.status import ClientCounts, StatusLine
 from wstun.client.tunnel import Dialer, LocalEnd, Tunnel, TunnelSettings
@@ -41,7 +43,12 @@ class TunnelClient:
     """Runs the ``-L`` and ``-D`` listeners and the tunnels they accept."""
 
     def __init__(
-        self, config: ClientConfig, *, dialer: Dialer | None = None, check_server: bool = False
+        self,
+        config: ClientConfig,
+        *,
+        dialer: Dialer | None = None,
+        check_server: bool = False,
+        stop: asyncio.Event | None = None,
     ) -> None:
         self.config = config
         # Once the listeners are up, ask the server once whether it is there (in the background).
@@ -58,6 +65,32 @@ class TunnelClient:
         self._metrics_server: Server | None = None
         # Open tunnels per forward, for the max_tunnels cap.
         self._open: dict[Forward, int] = {}
+        # -R: one forward each, holding its lease; set when the client should end itself
+        # (every -R refused for good, nothing else to do), with the exit status.
+        self._stop = stop
+        self.exit_status = 0
+        # -R's WebSockets are fresh ones, the same way to the server as every tunnel's.
+        if isinstance(self.dialer, PooledDialer):
+            self._ws_dialer = self.dialer.dialer
+        elif isinstance(self.dialer, WebSocketDialer):
+            self._ws_dialer = self.dialer
+        else:
+            self._ws_dialer = WebSocketDialer(config)
+        session = secrets.token_urlsafe(16)  # this process, to the server: 128 bits
+        self.reverse = [
+            ReverseForward(
+                remote,
+                dialer=self._ws_dialer,
+                session=session,
+                channels=config.reverse_channels,
+                settings=self.settings,
+                metrics=self.counts,
+                log_failure=self.failures.log,
+                start=self._start,
+            )
+            for remote in config.remotes
+        ]
+        self._holding: set[asyncio.Task[None]] = set()
 
     async def start(self) -> list[tuple[Forward | SocksProxy, tuple[str, int]]]:
         """Bind every ``-L`` and ``-D`` listener; returns each with its bound address."""
@@ -78,6 +111,10 @@ class TunnelClient:
                 for address in await self._listen(f"-D {proxy.bind}", proxy.bind, on_accept):
                     bound.append((proxy, address))
                     logger.info("SOCKS5 proxy on %s via %s", format_peer(address), self.config.url)
+            for remote in self.reverse:
+                task = asyncio.get_running_loop().create_task(remote.run())
+                self._holding.add(task)
+                task.add_done_callback(self._reverse_done)
             if self.config.metrics_listen is not None:
                 self._metrics_server = await serve_metrics(
                     self.metrics, self.config.metrics_listen, logger
@@ -88,6 +125,16 @@ class TunnelClient:
             await self.stop()
             raise
         return bound
+
+    def _reverse_done(self, task: asyncio.Task[None]) -> None:
+        self._holding.discard(task)
+        _report_crash(task)
+        if self._servers or any(forward.failed is None for forward in self.reverse):
+            return
+        logger.error("no forward left: exiting")
+        self.exit_status = 1
+        if self._stop is not None:
+            self._stop.set()
 
     async def _listen(
         self, what: str, bind: Target, on_accept: Callable[[TcpStream], None]
@@ -143,10 +190,21 @@ class TunnelClient:
         )
         self._start(connection.serve)
 
+    async def _release(self) -> None:
+        """Free every -R lease on the server now; their open tunnels go on."""
+        holding = list(self._holding)
+        await asyncio.gather(
+            *(forward.release() for forward in self.reverse), return_exceptions=True
+        )
+        for task in holding:
+            task.cancel()
+        await asyncio.gather(*holding, return_exceptions=True)
+
     async def drain(self, grace: float) -> None:
         """Stop listening, give open tunnels up to ``grace`` seconds, then :meth:`stop`."""
         for server in self._servers:
             server.close()
+        await self._release()
         if self._tunnels:
             logger.info("draining: %d tunnel(s) open, grace %gs", len(self._tunnels), grace)
             _, pending = await asyncio.wait(set(self._tunnels), timeout=grace)
@@ -162,6 +220,7 @@ class TunnelClient:
             self._checking.cancel()
             await asyncio.gather(self._checking, return_exceptions=True)
             self._checking = None
+        await self._release()
         for server in self._servers:
             server.close()
         tunnels = list(self._tunnels)
@@ -204,12 +263,13 @@ async def check_server(dialer: Dialer) -> None:
         logger.warning("server check %s; tunnels will be tried anyway", exc.outcome)
 
 
-async def run_client(config: ClientConfig, stop: asyncio.Event, *, status: bool = False) -> None:
+async def run_client(config: ClientConfig, stop: asyncio.Event, *, status: bool = False) -> int:
     """Forward until ``stop`` is set, drain for ``config.grace`` seconds, then end tunnels.
 
-    ``status``: keep a live status line on stderr (a terminal) meanwhile.
+    ``status``: keep a live status line on stderr (a terminal) meanwhile. Returns
+    the exit status: 1 when every -R was refused for good and nothing else was left.
     """
-    client = TunnelClient(config, check_server=True)
+    client = TunnelClient(config, check_server=True, stop=stop)
     line = StatusLine(client.counts) if status else None
     if line is not None:
         line.install()
@@ -218,3 +278,4 @@ async def run_client(config: ClientConfig, stop: asyncio.Event, *, status: bool 
     finally:
         if line is not None:
             line.stop()
+    return client.exit_status

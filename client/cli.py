@@ -15,6 +15,7 @@ from wstun.client.config import (
     DEFAULT_IDLE,
     DEFAULT_LIFETIME,
     DEFAULT_POOL,
+    DEFAULT_REVERSE_CHANNELS,
     ClientConfig,
     check_modes,
     check_proxy_url,
@@ -24,6 +25,7 @@ from wstun.client.config import (
 )
 from wstun.client.forward import Forward, parse_forward
 from wstun.client.headers import parse_header
+from wstun.client.reverse import Remote, parse_remote
 from wstun.client.socks import SocksProxy
 from wstun.client.status import wanted
 from wstun.client.stdio import stdio_main
@@ -58,6 +60,20 @@ class _ForwardType(click.ParamType[Forward, str]):
             return value
         try:
             return parse_forward(str(value))
+        except TargetError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+class _RemoteType(click.ParamType[Remote, str]):
+    name = "[BIND:]PORT:HOST:HOSTPORT"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> Remote:
+        if isinstance(value, Remote):
+            return value
+        try:
+            return parse_remote(str(value))
         except TargetError as exc:
             self.fail(str(exc), param, ctx)
 
@@ -100,6 +116,17 @@ def _check_url(ctx: click.Context, param: click.Parameter, value: str) -> str:
     multiple=True,
     help="Listen on BIND:PORT (BIND defaults to 127.0.0.1) and carry each connection "
     "to HOST:HOSTPORT on the server's side (repeatable; IPv6 in brackets).",
+)
+@click.option(
+    "-R",
+    "--remote",
+    "remotes",
+    envvar=f"{ENV_PREFIX}_REMOTE",
+    type=_RemoteType(),
+    multiple=True,
+    help="Have the server listen on BIND:PORT (BIND defaults to 127.0.0.1; PORT 0: the "
+    "server picks) and carry each connection to HOST:HOSTPORT as this client sees it "
+    "(repeatable; the server must --allow-listen it).",
 )
 @click.option(
     "-D",
@@ -197,6 +224,14 @@ def _check_url(ctx: click.Context, param: click.Parameter, value: str) -> str:
     show_default=True,
     help="Seconds after which a pooled WebSocket takes no new connection.",
 )
+@click.option(
+    "--reverse-channels",
+    type=click.IntRange(min=1, max=64),
+    default=DEFAULT_REVERSE_CHANNELS,
+    show_default=True,
+    help="Idle data channels each -R keeps open, so a connection on the server's port "
+    "needs no new WebSocket (more are opened when connections wait).",
+)
 @connect_timeout_option("Seconds to wait for the server's WebSocket handshake.")
 @common_options("wstun-client")
 @click.pass_context
@@ -204,6 +239,7 @@ def main(
     ctx: click.Context,
     url: str,
     forwards: tuple[Forward, ...],
+    remotes: tuple[Remote, ...],
     dynamic: tuple[Target, ...],
     socks_user: str | None,
     socks_password_file: Path | None,
@@ -220,6 +256,7 @@ def main(
     pool: int,
     pool_idle: float,
     pool_lifetime: float,
+    reverse_channels: int,
     token_file: Path | None,
     idle_timeout: float,
     ping_interval: float,
@@ -241,9 +278,12 @@ def main(
       curl --socks5-hostname 127.0.0.1:1080 http://intranet/
     \b
       ssh -o ProxyCommand='wstun-client -W %h:%p ws://127.0.0.1:8080/' host
+    \b
+      wstun-client -R 9000:127.0.0.1:3000 ws://127.0.0.1:8080/
+      curl http://127.0.0.1:9000/    # on the server: the laptop's port 3000
     """
     with usage_errors():
-        check_modes(forwards, dynamic, stdio_target)
+        check_modes(forwards, dynamic, stdio_target, remotes)
         auth = socks_credentials(socks_user, socks_password_file)
         check_tls_options(
             url,
@@ -261,6 +301,7 @@ def main(
     config = ClientConfig(
         url=url,
         forwards=forwards,
+        remotes=remotes,
         socks=tuple(SocksProxy(bind, auth) for bind in dynamic),
         stdio=stdio_target,
         token=token,
@@ -280,6 +321,7 @@ def main(
         pool=pool,
         pool_idle=pool_idle,
         pool_lifetime=pool_lifetime,
+        reverse_channels=reverse_channels,
     )
     if check:  # nothing connects: no TLS context, no --insecure warning
         click.echo(describe(config))
@@ -294,8 +336,7 @@ async def _forward(config: ClientConfig, *, status: bool) -> int:
     stop = asyncio.Event()
     install_stop_signals(stop)
     try:
-        await run_client(config, stop, status=status)
+        return await run_client(config, stop, status=status)
     except OSError as exc:
         logger.error("%s", exc.strerror or exc)
         return 1
-    return 0

@@ -12,6 +12,7 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 from wstun.client.forward import Forward
+from wstun.client.reverse import Remote
 from wstun.client.socks import Credentials, SocksProxy
 from wstun.common.errors import ConfigError
 from wstun.common.protocol import Target
@@ -21,6 +22,7 @@ __all__ = [
     "DEFAULT_IDLE",
     "DEFAULT_LIFETIME",
     "DEFAULT_POOL",
+    "DEFAULT_REVERSE_CHANNELS",
     "ClientConfig",
     "ConfigError",
     "check_modes",
@@ -38,6 +40,8 @@ DEFAULT_POOL = 2
 DEFAULT_IDLE = 30.0
 #: Seconds after which a WebSocket takes no new tunnel (``--pool-lifetime``).
 DEFAULT_LIFETIME = 300.0
+#: Idle data channels kept per -R forward (``--reverse-channels``).
+DEFAULT_REVERSE_CHANNELS = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +50,8 @@ class ClientConfig:
 
     url: str
     forwards: tuple[Forward, ...] = ()
+    #: ``-R``: ports the server listens on for this client.
+    remotes: tuple[Remote, ...] = ()
     socks: tuple[SocksProxy, ...] = ()
     #: ``-W``: stdin/stdout are one tunnel to this target.
     stdio: Target | None = None
@@ -78,6 +84,8 @@ class ClientConfig:
     pool: int = DEFAULT_POOL
     pool_idle: float = DEFAULT_IDLE
     pool_lifetime: float = DEFAULT_LIFETIME
+    #: Idle data channels each -R forward keeps open, so a connection needs no upgrade.
+    reverse_channels: int = DEFAULT_REVERSE_CHANNELS
 
     @property
     def secure(self) -> bool:
@@ -86,13 +94,16 @@ class ClientConfig:
 
 
 def check_modes(
-    forwards: tuple[Forward, ...], dynamic: tuple[Target, ...], stdio: Target | None
+    forwards: tuple[Forward, ...],
+    dynamic: tuple[Target, ...],
+    stdio: Target | None,
+    remotes: tuple[Remote, ...] = (),
 ) -> None:
-    """At least one of -L, -D, -W; -W alone."""
-    if stdio is not None and (forwards or dynamic):
-        raise ConfigError("-W uses stdin/stdout for one tunnel; it can't go with -L or -D")
-    if stdio is None and not forwards and not dynamic:
-        raise ConfigError("nothing to do: give at least one -L or -D, or -W")
+    """At least one of -L, -D, -R, -W; -W alone."""
+    if stdio is not None and (forwards or dynamic or remotes):
+        raise ConfigError("-W uses stdin/stdout for one tunnel; it can't go with -L, -D or -R")
+    if stdio is None and not forwards and not dynamic and not remotes:
+        raise ConfigError("nothing to do: give at least one -L, -D or -R, or -W")
 
 
 def check_tls_options(
@@ -154,6 +165,11 @@ def describe(config: ClientConfig) -> str:
     lines = [f"server: {config.url}"]
     lines += [f"forward: {forward}" for forward in config.forwards]
     lines += [
+        f"reverse: {remote.bind} on the server -> {remote.local}"
+        + (" (the server picks the port)" if remote.bind.port == 0 else "")
+        for remote in config.remotes
+    ]
+    lines += [
         f"socks5: {socks.bind}{' (username/password)' if socks.auth else ''}"
         for socks in config.socks
     ]
@@ -179,5 +195,7 @@ def describe(config: ClientConfig) -> str:
         )
     else:
         lines.append("pool: off")
+    if config.remotes:
+        lines.append(f"reverse channels: {config.reverse_channels} idle per -R")
     lines.append(f"metrics: {config.metrics_listen or 'off'}")
     return "\n".join(lines)

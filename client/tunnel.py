@@ -64,8 +64,11 @@ class LocalEnd(abc.ABC):
 
     #: The local end in the tunnel's log line (``127.0.0.1:51000``, ``stdio``).
     peer: str
-    #: Its name in relay error messages.
+    #: Its name in relay error messages, and the far end's.
     name = "local"
+    remote_name = "server"
+    #: The tunnel's kind in its log line and metrics (``reverse`` for -R).
+    kind = "forward"
     #: The stream whose first bytes may go to the server before its answer
     #: (``-L``: the application sent them to a plain TCP port); None: wait.
     early: ByteStream | None = None
@@ -73,6 +76,10 @@ class LocalEnd(abc.ABC):
     def refusal_note(self, error: HandshakeError) -> str:
         """Words added to the failure line (e.g. the SOCKS5 reply code sent)."""
         return ""
+
+    def failure_line(self, target: Target, error: HandshakeError) -> str:
+        """The line logged (rate-limited) when no tunnel could be had."""
+        return f"tunnel to {target} {error.outcome}{self.refusal_note(error)}"
 
     @abc.abstractmethod
     async def refused(self, error: HandshakeError) -> None:
@@ -120,7 +127,7 @@ class Tunnel:
     ) -> None:
         self.target = target
         self.local = local
-        self.report = TunnelReport(new_tunnel_id("c"), local.peer, str(target))
+        self.report = TunnelReport(new_tunnel_id("c"), local.peer, str(target), kind=local.kind)
         self._dialer = dialer
         self._settings = settings
         self._log_failure = log_failure
@@ -155,7 +162,7 @@ class Tunnel:
                 logger,
                 read_size=settings.read_size,
                 idle_timeout=settings.idle_timeout,
-                names=(local.name, "server"),
+                names=(local.name, local.remote_name),
                 cancel_reason=settings.cancel_reason,
                 counter=self._metrics,
             )
@@ -164,8 +171,7 @@ class Tunnel:
     async def _refused(self, error: HandshakeError) -> None:
         if self._metrics is not None:
             self._metrics.handshake_failed(error.status)
-        note = self.local.refusal_note(error)
-        self._log_failure(f"tunnel to {self.target} {error.outcome}{note}")
+        self._log_failure(self.local.failure_line(self.target, error))
         self.report.end, self.report.reason = TunnelEnd.REFUSED, str(error)
         logger.debug("%s", self.report.line())
         await self.local.refused(error)

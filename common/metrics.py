@@ -29,15 +29,20 @@ __all__ = ["METRICS_PATH", "TunnelMetrics", "serve_metrics"]
 
 METRICS_PATH = "/metrics"
 
+#: The ``kind`` label of tunnel metrics: -L, -D and -W tunnels, and -R's.
+KINDS = ("forward", "reverse")
+
 
 class TunnelMetrics:
     """Counters for one side (``side`` is ``server`` or ``client``).
 
-    - ``wstun_<side>_tunnels_opened_total``: tunnels that started relaying
-    - ``wstun_<side>_tunnels_active``: tunnels relaying right now
-    - ``wstun_<side>_tunnels_ended_total{end}``: ``eof``, ``error``, ``idle-timeout``
-    - ``wstun_<side>_payload_bytes_total{direction}``: ``up`` (client application
-      to target) and ``down``, payload only
+    - ``wstun_<side>_tunnels_opened_total{kind}``: tunnels that started relaying
+    - ``wstun_<side>_tunnels_active{kind}``: tunnels relaying right now
+    - ``wstun_<side>_tunnels_ended_total{kind,end}``: ``eof``, ``error``, ``idle-timeout``
+    - ``wstun_<side>_payload_bytes_total{kind,direction}``: ``up`` (the application
+      that opened the connection to the far end: client application to target
+      for ``forward``, the application on the server's port to the client's
+      service for ``reverse``) and ``down``, payload only
     - ``wstun_<side>_handshake_failures_total{status}``: refused handshakes by
       HTTP status (on the client, ``0`` when no HTTP answer came)
 
@@ -49,15 +54,16 @@ class TunnelMetrics:
         self.registry = CollectorRegistry(auto_describe=True)
         prefix = f"wstun_{side}"
         reg = self.registry
-        self.opened = Counter(f"{prefix}_tunnels_opened", "Tunnels opened.", registry=reg)
-        self.active = Gauge(f"{prefix}_tunnels_active", "Tunnels open now.", registry=reg)
+        self.opened = Counter(f"{prefix}_tunnels_opened", "Tunnels opened.", ["kind"], registry=reg)
+        self.active = Gauge(f"{prefix}_tunnels_active", "Tunnels open now.", ["kind"], registry=reg)
         self.ended = Counter(
-            f"{prefix}_tunnels_ended", "Tunnels ended, by how.", ["end"], registry=reg
+            f"{prefix}_tunnels_ended", "Tunnels ended, by how.", ["kind", "end"], registry=reg
         )
         self.payload = Counter(
             f"{prefix}_payload_bytes",
-            "Payload bytes relayed (framing excluded); up = client application to target.",
-            ["direction"],
+            "Payload bytes relayed (framing excluded); up = from the application that "
+            "opened the connection.",
+            ["kind", "direction"],
             registry=reg,
         )
         self.handshake_failures = Counter(
@@ -66,21 +72,24 @@ class TunnelMetrics:
             ["status"],
             registry=reg,
         )
-        for direction in ("up", "down"):
-            self.payload.labels(direction)
-        for end in (TunnelEnd.EOF, TunnelEnd.ERROR, TunnelEnd.IDLE_TIMEOUT):
-            self.ended.labels(end.value)
+        for kind in KINDS:
+            self.opened.labels(kind)
+            self.active.labels(kind)
+            for direction in ("up", "down"):
+                self.payload.labels(kind, direction)
+            for end in (TunnelEnd.EOF, TunnelEnd.ERROR, TunnelEnd.IDLE_TIMEOUT):
+                self.ended.labels(kind, end.value)
 
     def tunnel_opened(self, report: TunnelReport) -> None:
-        self.opened.inc()
-        self.active.inc()
+        self.opened.labels(report.kind).inc()
+        self.active.labels(report.kind).inc()
 
     def tunnel_ended(self, report: TunnelReport) -> None:
         """Count a finished tunnel: its end and its exact payload counts."""
-        self.active.dec()
-        self.ended.labels(report.end.value).inc()
-        self.payload.labels("up").inc(report.up)
-        self.payload.labels("down").inc(report.down)
+        self.active.labels(report.kind).dec()
+        self.ended.labels(report.kind, report.end.value).inc()
+        self.payload.labels(report.kind, "up").inc(report.up)
+        self.payload.labels(report.kind, "down").inc(report.down)
 
     def handshake_failed(self, status: int) -> None:
         self.handshake_failures.labels(str(status)).inc()

@@ -23,15 +23,21 @@ __all__ = [
     "MAX_CONTROL_SIZE",
     "QUERY_TARGET",
     "SUBPROTOCOL",
+    "SUBPROTOCOL_REVERSE",
     "SUBPROTOCOL_V2",
+    "Attach",
     "CloseCode",
     "Control",
     "ControlError",
+    "Demand",
     "Failure",
     "HandshakeRejection",
+    "Listen",
+    "Listening",
     "Open",
     "Opened",
     "Refused",
+    "Release",
     "Target",
     "bearer_token",
     "build_tunnel_url",
@@ -56,7 +62,10 @@ SUBPROTOCOL = "wstun.v1"
 #: after another (docs/design.md, "Wire protocol v2").
 SUBPROTOCOL_V2 = "wstun.v2"
 
-#: Largest control message (a text message under wstun.v2), in bytes.
+#: Subprotocol of a reverse tunnel's WebSockets: its control channel and its data channels.
+SUBPROTOCOL_REVERSE = "wstun.reverse.v1"
+
+#: Largest control message (a text message under wstun.v2 or wstun.reverse.v1), in bytes.
 MAX_CONTROL_SIZE = 1024
 
 #: Query parameter naming the target: ``?to=HOST:PORT``.
@@ -83,6 +92,7 @@ class CloseCode(enum.IntEnum):
     GOING_AWAY = 1001  # server or client shutting down
     PROTOCOL_ERROR = 1002  # a control message that breaks wstun.v2's rules
     UNSUPPORTED_DATA = 1003  # a text message arrived
+    POLICY_VIOLATION = 1008  # a reverse lease taken over by its own client's newer channel
     INTERNAL_ERROR = 1011  # target or local connection broke
 
 
@@ -100,6 +110,7 @@ class Failure(enum.Enum):
     FORBIDDEN = 403
     NOT_FOUND = 404
     METHOD_NOT_ALLOWED = 405
+    CONFLICT = 409  # a reverse tunnel's port is held by someone else
     URI_TOO_LONG = 414
     UPGRADE_REQUIRED = 426
     HEADERS_TOO_LARGE = 431
@@ -311,34 +322,122 @@ def build_tunnel_url(server_url: str, target: Target | None) -> str:
     return urlunsplit((parts.scheme, parts.netloc, path, urlencode(query, safe=":[]"), ""))
 
 
-# ---------------------------------------------------------- wstun.v2 control
+# --------------------------------------- wstun.v2 and wstun.reverse.v1 control
 
 
 class ControlError(TunnelError):
     """A control message that breaks wstun.v2's rules; closes the WebSocket with 1002."""
 
 
+#: Lease and session ids: URL-safe base64 of at least 128 random bits.
+_ID = re.compile(r"^[A-Za-z0-9_-]{22,64}$")
+
+
 @dataclasses.dataclass(frozen=True)
 class Open:
-    """Client: start a tunnel to ``target`` (``None``: the server's default target)."""
+    """Start a tunnel. Client (v2): to ``target`` (``None``: the server's default).
+    Server (reverse data channel): an inbound connection from ``peer``."""
 
     target: str | None = None
+    peer: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
 class Opened:
-    """Server: the target is connected; payload may flow."""
+    """The far end is connected; payload may flow."""
 
 
 @dataclasses.dataclass(frozen=True)
 class Refused:
-    """Server: no tunnel, for the status and reason an HTTP refusal would carry."""
+    """No tunnel, for the status and reason an HTTP refusal would carry.
+
+    ``retry_after``: seconds after which asking again may succeed (a port in
+    its lease's grace), when the refuser knows.
+    """
 
     status: int
     reason: str
+    retry_after: float | None = None
 
 
-Control = Open | Opened | Refused
+@dataclasses.dataclass(frozen=True)
+class Listen:
+    """Client (reverse control channel): listen on ``bind``:``port`` on the server for me.
+
+    ``session`` names the client process; ``lease``, when given, is the lease
+    it got before, asked back.
+    """
+
+    bind: str
+    port: int
+    session: str
+    lease: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Listening:
+    """Server: the listener is up on ``bind``:``port``, held by ``lease``."""
+
+    bind: str
+    port: int
+    lease: str
+    #: Seconds the server keeps the port after this channel drops.
+    grace: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Attach:
+    """Client: this WebSocket is a data channel of ``lease`` (of ``session``)."""
+
+    lease: str
+    session: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Demand:
+    """Server (control channel): ``waiting`` inbound connections wait for a data channel."""
+
+    waiting: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Release:
+    """Client (control channel): free the lease and its port now."""
+
+
+Control = Open | Opened | Refused | Listen | Listening | Attach | Demand | Release
+
+
+def _str(data: dict[str, object], kind: str, name: str) -> str:
+    value = data.get(name)
+    if not isinstance(value, str):
+        raise ControlError(f"{kind}: {name} must be a string")
+    return value
+
+
+def _optional_str(data: dict[str, object], kind: str, name: str) -> str | None:
+    return None if data.get(name) is None else _str(data, kind, name)
+
+
+def _int(data: dict[str, object], kind: str, name: str, low: int, high: int) -> int:
+    value = data.get(name)
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise ControlError(f"{kind}: {name} must be an integer from {low} to {high}")
+    return value
+
+
+def _seconds(data: dict[str, object], kind: str, name: str) -> float:
+    value = data.get(name)
+    if not isinstance(value, int | float) or isinstance(value, bool) or not 0 <= value < 1e6:
+        raise ControlError(f"{kind}: {name} must be a number of seconds")
+    return float(value)
+
+
+def _id(data: dict[str, object], kind: str, name: str) -> str:
+    value = _str(data, kind, name)
+    if not _ID.match(value):
+        raise ControlError(f"{kind}: {name} is not a valid id")
+    return value
 
 
 def parse_control(text: str) -> Control:
@@ -353,35 +452,57 @@ def parse_control(text: str) -> Control:
         raise ControlError("control message is not a JSON object")
     kind = data.get("type")
     if kind == "open":
-        target = data.get("target")
-        if target is not None and not isinstance(target, str):
-            raise ControlError("open: target must be a string")
-        return Open(target)
+        return Open(_optional_str(data, kind, "target"), _optional_str(data, kind, "peer"))
     if kind == "opened":
         return Opened()
     if kind == "refused":
-        status, reason = data.get("status"), data.get("reason")
+        retry = None if data.get("retry_after") is None else _seconds(data, kind, "retry_after")
+        status = data.get("status")
         if not isinstance(status, int) or isinstance(status, bool) or not 100 <= status <= 599:
             raise ControlError("refused: status must be an HTTP status code")
-        if not isinstance(reason, str):
-            raise ControlError("refused: reason must be a string")
-        return Refused(status, reason)
+        return Refused(status, _str(data, kind, "reason"), retry)
+    if kind == "listen":
+        lease = None if data.get("lease") is None else _id(data, kind, "lease")
+        return Listen(
+            _str(data, kind, "bind"),
+            _int(data, kind, "port", 0, 65535),
+            _id(data, kind, "session"),
+            lease,
+        )
+    if kind == "listening":
+        return Listening(
+            _str(data, kind, "bind"),
+            _int(data, kind, "port", 1, 65535),
+            _id(data, kind, "lease"),
+            _seconds(data, kind, "grace"),
+        )
+    if kind == "attach":
+        return Attach(_id(data, kind, "lease"), _id(data, kind, "session"))
+    if kind == "demand":
+        return Demand(_int(data, kind, "waiting", 0, 1 << 20))
+    if kind == "release":
+        return Release()
     if isinstance(kind, str) and kind.isprintable() and len(kind) <= 32:
         raise ControlError(f"unknown control message type {kind!r}")
     raise ControlError("control message without a valid type")
 
 
+def _one_line(text: str) -> str:
+    return text.replace("\r", " ").replace("\n", " ")[:300]
+
+
 def encode_control(message: Control) -> str:
-    """The text of a control message (compact JSON)."""
-    if isinstance(message, Open):
-        data: dict[str, object] = {"type": "open"}
-        if message.target is not None:
-            data["target"] = message.target
-    elif isinstance(message, Opened):
-        data = {"type": "opened"}
+    """The text of a control message (compact JSON; fields that are None left out)."""
+    data: dict[str, object]
+    if isinstance(message, Refused):
+        data = {"type": "refused", "status": message.status, "reason": _one_line(message.reason)}
+        if message.retry_after is not None:
+            data["retry_after"] = round(message.retry_after, 3)
     else:
-        one_line = message.reason.replace("\r", " ").replace("\n", " ")
-        data = {"type": "refused", "status": message.status, "reason": one_line[:300]}
+        data = {"type": type(message).__name__.lower()}
+        data.update(
+            (key, value) for key, value in dataclasses.asdict(message).items() if value is not None
+        )
     return json.dumps(data, separators=(",", ":"))
 
 

@@ -62,6 +62,9 @@ class TunnelReport:
     id: str
     peer: str
     target: str
+    #: ``forward`` (-L, -D, -W) or ``reverse`` (-R: the connection came in on the
+    #: server's listener; ``up`` is then that application to the client's service).
+    kind: str = "forward"
     started: float = dataclasses.field(default_factory=time.monotonic)
     up: int = 0
     down: int = 0
@@ -98,7 +101,8 @@ class TunnelReport:
     def line(self) -> str:
         duration = time.monotonic() - self.started
         text = (
-            f"tunnel closed id={self.id} peer={self.peer} target={self.target} "
+            f"tunnel closed id={self.id}{' kind=reverse' if self.kind == 'reverse' else ''} "
+            f"peer={self.peer} target={self.target} "
             f"up={self.up} down={self.down} duration={duration:.3f}s end={self.end}"
         )
         if self.reason:

@@ -25,6 +25,7 @@ from wstun.common.metrics import serve_metrics
 from wstun.common.protocol import (
     CHECK_HEADER,
     SUBPROTOCOL,
+    SUBPROTOCOL_REVERSE,
     SUBPROTOCOL_V2,
     Failure,
     HandshakeRejection,
@@ -47,6 +48,7 @@ from wstun.server.forwarded import FORWARDED_FOR_HEADER, REAL_IP_HEADER
 from wstun.server.handshake import RequestChecks
 from wstun.server.limits import ConnectionLimits, client_host
 from wstun.server.metrics import ServerMetrics
+from wstun.server.reverse import ReverseService
 from wstun.server.targets import Resolver, TargetDialer, resolve
 
 __all__ = ["TunnelServer", "run_server"]
@@ -81,6 +83,21 @@ class TunnelServer:
         self.limits = ConnectionLimits(config.max_connections, config.max_per_client)
         # The wstun.v2 WebSockets open now (server/channel.py).
         self._channels: set[ServerChannel] = set()
+        # Reverse tunnels' leases, listeners and data channels (server/reverse.py).
+        self.reverse = ReverseService(
+            policy=config.policy,
+            grace=config.reverse_grace,
+            max_leases=config.reverse_max_leases,
+            max_pending=config.reverse_max_pending,
+            connect_timeout=config.connect_timeout,
+            read_size=config.read_size,
+            ping_interval=config.ping_interval,
+            ping_timeout=config.ping_timeout,
+            relay=self._relay_reverse,
+            refuse=self._refused,
+            draining=lambda: self.draining,
+            on_change=self.metrics.reverse_listeners.set,
+        )
         # When each source's TLS handshake on the plain port was last logged.
         self._tls_hints: dict[str, float] = {}
         # Set on SIGTERM: new tunnels get 503, /healthz says 503, open ones go on.
@@ -194,6 +211,8 @@ class TunnelServer:
         first = (target_stream, target) if target_stream is not None and target else None
         if connection.subprotocol == SUBPROTOCOL_V2:
             await self._channel(connection, first)
+        elif connection.subprotocol == SUBPROTOCOL_REVERSE:
+            await self.reverse.serve(connection)
         elif first is not None:
             ws = WebSocketStream(
                 connection,
@@ -246,6 +265,25 @@ class TunnelServer:
         )
         return ws.reusable_now
 
+    async def _relay_reverse(
+        self, inbound: TcpStream, ws: WebSocketStream, report: TunnelReport
+    ) -> bool:
+        """One reverse tunnel: the connection on a lease's port, and the client's data
+        channel; True when it ended cleanly and ``ws`` stays open."""
+        logger.debug("tunnel open id=%s kind=reverse peer=%s", report.id, report.peer)
+        await relay_and_report(
+            inbound,
+            ws,
+            report,
+            logger,
+            read_size=self.config.read_size,
+            idle_timeout=self.config.idle_timeout,
+            names=("application", "client"),
+            cancel_reason="server shutting down",
+            counter=self.metrics,
+        )
+        return ws.reusable_now
+
     # Lifecycle.
 
     async def start(self) -> list[tuple[str, int]]:
@@ -258,7 +296,11 @@ class TunnelServer:
             process_request=self.process_request,
             create_connection=connection_class(self._reject, self._tls_on_plain_port),
             select_subprotocol=_select_subprotocol,
-            subprotocols=[Subprotocol(SUBPROTOCOL_V2), Subprotocol(SUBPROTOCOL)],
+            subprotocols=[
+                Subprotocol(SUBPROTOCOL_V2),
+                Subprotocol(SUBPROTOCOL_REVERSE),
+                Subprotocol(SUBPROTOCOL),
+            ],
             **{**WS_OPTIONS, "max_size": cfg.max_message_size},
             open_timeout=cfg.handshake_timeout,
             server_header=f"wstun/{__version__}",
@@ -287,6 +329,8 @@ class TunnelServer:
         :meth:`stop` closes whatever is still open with 1001.
         """
         self.draining = True
+        # Reverse listeners and control channels close at once; their tunnels go on.
+        await self.reverse.shut_down()
         # Idle reusable WebSockets go at once; their tunnels, when they carry one, go on.
         await asyncio.gather(
             *(channel.close_if_idle() for channel in list(self._channels)),
@@ -302,6 +346,7 @@ class TunnelServer:
 
     async def stop(self) -> None:
         """Stop listening and close open tunnels (1001: going away)."""
+        self.reverse.stop()
         metrics_server, self._metrics_server = self._metrics_server, None
         if metrics_server is not None:
             metrics_server.close()
@@ -328,6 +373,9 @@ def startup_notes(config: ServerConfig) -> list[tuple[int, str]]:
         notes.append(
             (logging.INFO, f"targets: {allow} allow rule(s), {deny} deny rule(s){default}")
         )
+    if policy.allow_listen:
+        rules = ", ".join(str(rule) for rule in policy.allow_listen)
+        notes.append((logging.INFO, f"reverse tunnels may listen on: {rules}"))
     return notes
 
 
@@ -335,7 +383,7 @@ def _select_subprotocol(
     connection: ServerConnection, offered: Sequence[Subprotocol]
 ) -> Subprotocol | None:
     """The newest wstun protocol offered; plain binary tunnels for everyone else."""
-    for known in (SUBPROTOCOL_V2, SUBPROTOCOL):
+    for known in (SUBPROTOCOL_V2, SUBPROTOCOL_REVERSE, SUBPROTOCOL):
         if known in offered:
             return Subprotocol(known)
     return None

@@ -34,6 +34,7 @@ from wstun.server.config import (
     tls_context,
     trusted_proxies,
 )
+from wstun.server.reverse import DEFAULT_MAX_LEASES, DEFAULT_MAX_PENDING, DEFAULT_REVERSE_GRACE
 from wstun.server.workers import run_workers
 
 __all__ = ["main"]
@@ -75,9 +76,41 @@ logger = logging.getLogger("wstun.server")
     help="Target clients may not reach, same syntax as --allow (repeatable); deny wins.",
 )
 @click.option(
+    "--allow-listen",
+    "allow_listen",
+    multiple=True,
+    metavar="PATTERN",
+    help="Where clients may have this server listen for reverse tunnels (-R): "
+    "BIND:PORT, BIND:LOW-HIGH, BIND:*, with BIND an address, a CIDR network or * "
+    "(repeatable). No -R is allowed without one.",
+)
+@click.option(
+    "--reverse-grace",
+    type=click.FloatRange(min=0),
+    default=DEFAULT_REVERSE_GRACE,
+    show_default=True,
+    help="Seconds a reverse tunnel's port stays held for its client after the client's "
+    "connection drops; the same client process gets it back.",
+)
+@click.option(
+    "--reverse-max-leases",
+    type=click.IntRange(min=1),
+    default=DEFAULT_MAX_LEASES,
+    show_default=True,
+    help="Reverse tunnel ports one client address may hold at once.",
+)
+@click.option(
+    "--reverse-max-pending",
+    type=click.IntRange(min=1),
+    default=DEFAULT_MAX_PENDING,
+    show_default=True,
+    help="Connections on a reverse port that may wait for the client; more are reset.",
+)
+@click.option(
     "--policy-file",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help='TOML file with more rules: allow = ["db:5432", ...], deny = [...].',
+    help='TOML file with more rules: allow = ["db:5432", ...], deny = [...], '
+    'allow_listen = ["127.0.0.1:9000-9100"].',
 )
 @click.option(
     "--to",
@@ -149,6 +182,10 @@ def main(
     path_prefix: str,
     allow: tuple[str, ...],
     deny: tuple[str, ...],
+    allow_listen: tuple[str, ...],
+    reverse_grace: float,
+    reverse_max_leases: int,
+    reverse_max_pending: int,
     policy_file: Path | None,
     default_target: Target | None,
     connect_timeout: float,
@@ -174,12 +211,13 @@ def main(
     """Accept WebSocket tunnels and relay each to an allowed TCP target.
 
     \b
-    Example:
+    Examples:
       wstun-server --listen 127.0.0.1:8080 --allow 127.0.0.1:6379
+      wstun-server --listen 127.0.0.1:8080 --allow-listen 127.0.0.1:9000-9100
     """
     with usage_errors():
         path = prefix_option(path_prefix)
-        policy = policy_from(allow, deny, policy_file, default_target)
+        policy = policy_from(allow, deny, policy_file, default_target, allow_listen)
         check_workers(workers, metrics_listen)
         trusted = trusted_proxies(trusted_proxy)
         tls = tls_context(tls_cert, tls_key)
@@ -204,6 +242,9 @@ def main(
         max_per_client=max_per_client or None,
         handshake_timeout=handshake_timeout,
         max_message_size=max_message_size,
+        reverse_grace=reverse_grace,
+        reverse_max_leases=reverse_max_leases,
+        reverse_max_pending=reverse_max_pending,
     )
     if check:
         click.echo(describe(config))

@@ -15,6 +15,7 @@ from wstun.common.protocol import Target, normalize_prefix
 from wstun.common.streams import DEFAULT_READ_SIZE, WS_MAX_SIZE
 from wstun.server.forwarded import TrustedProxies
 from wstun.server.policy import Policy, load_policy_file
+from wstun.server.reverse import DEFAULT_MAX_LEASES, DEFAULT_MAX_PENDING, DEFAULT_REVERSE_GRACE
 from wstun.server.tls import server_tls_context
 
 __all__ = [
@@ -59,6 +60,11 @@ class ServerConfig:
     max_message_size: int = WS_MAX_SIZE
     #: Listen with SO_REUSEPORT, so --workers processes share the port.
     reuse_port: bool = False
+    #: Reverse tunnels: seconds a port is kept after its client's control channel
+    #: drops; leases per client address; inbound connections waiting per lease.
+    reverse_grace: float = DEFAULT_REVERSE_GRACE
+    reverse_max_leases: int = DEFAULT_MAX_LEASES
+    reverse_max_pending: int = DEFAULT_MAX_PENDING
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "path", normalize_prefix(self.path))
@@ -72,12 +78,17 @@ def describe(config: ServerConfig) -> str:
     """A readable summary of a configuration (for --check)."""
     rules = ", ".join(str(rule) for rule in config.policy.allow) or "(none)"
     denied = ", ".join(str(rule) for rule in config.policy.deny) or "(none)"
+    listen = ", ".join(str(rule) for rule in config.policy.allow_listen) or "(none: no -R)"
     return "\n".join(
         [
             f"listen: {config.listen}",
             f"path: {config.path}",
             f"allow: {rules}",
             f"deny: {denied}",
+            f"allow listen: {listen}",
+            f"reverse grace: {config.reverse_grace:g}s",
+            f"reverse max leases per client: {config.reverse_max_leases}",
+            f"reverse max pending per lease: {config.reverse_max_pending}",
             f"default target: {config.default_target or '(none)'}",
             f"token: {'set' if config.token else 'not set'}",
             f"connect timeout: {config.connect_timeout:g}s",
@@ -109,6 +120,7 @@ def policy_from(
     deny: tuple[str, ...],
     policy_file: Path | None,
     default_target: Target | None,
+    allow_listen: tuple[str, ...] = (),
 ) -> Policy:
     """The command line's rules, then the policy file's; a bad rule names its option."""
     extra = (default_target,) if default_target else ()
@@ -120,6 +132,10 @@ def policy_from(
         policy = policy.merged(Policy.from_patterns((), deny=deny))
     except TargetError as exc:
         raise ConfigError(str(exc), option="--deny") from None
+    try:
+        policy = policy.merged(Policy.from_patterns((), allow_listen=allow_listen))
+    except TargetError as exc:
+        raise ConfigError(str(exc), option="--allow-listen") from None
     if policy_file is not None:
         try:
             policy = policy.merged(load_policy_file(policy_file))

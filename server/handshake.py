@@ -20,6 +20,7 @@ from websockets.http11 import Request
 from wstun.common.protocol import (
     AUTHORIZATION_HEADER,
     QUERY_TARGET,
+    SUBPROTOCOL_REVERSE,
     SUBPROTOCOL_V2,
     Failure,
     HandshakeRejection,
@@ -66,7 +67,8 @@ class RequestChecks:
         """Path, upgrade, request, query, token and target, in that order.
 
         None: an upgrade that offers ``wstun.v2`` and names no target, which
-        opens a WebSocket for tunnels opened in-band, dialling nothing now.
+        opens a WebSocket for tunnels opened in-band, or one that offers
+        ``wstun.reverse.v1`` (server/reverse.py); either dials nothing now.
         """
         if not request.path.isascii():
             return NOT_ASCII  # websockets < 17 lets it through; no answer may quote it
@@ -87,9 +89,15 @@ class RequestChecks:
         )
         if rejection is not None:
             return rejection
-        if QUERY_TARGET not in parse_qs(url.query, keep_blank_values=True) and offers(
-            request.headers.get_all("Sec-WebSocket-Protocol"), SUBPROTOCOL_V2
-        ):
+        named = QUERY_TARGET in parse_qs(url.query, keep_blank_values=True)
+        offered = request.headers.get_all("Sec-WebSocket-Protocol")
+        if offers(offered, SUBPROTOCOL_REVERSE):
+            if named:
+                return HandshakeRejection(
+                    Failure.BAD_TARGET, "bad target: a reverse tunnel's WebSocket names none"
+                )
+            return None
+        if not named and offers(offered, SUBPROTOCOL_V2):
             return None
         return target_from_query(url.query, self._default_target)
 

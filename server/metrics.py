@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 from wstun.common.metrics import TunnelMetrics
 from wstun.server.forwarded import Source
@@ -22,6 +22,8 @@ class ServerMetrics(TunnelMetrics):
       client address came from: ``peer`` (the TCP peer itself),
       ``x-forwarded-for`` or ``x-real-ip`` (stated by a trusted proxy).
       Addresses themselves are in the logs, not in labels (unbounded).
+    - ``wstun_server_reverse_listeners_active``: ports held for reverse tunnels
+      (leases, in their grace too).
     """
 
     def __init__(self) -> None:
@@ -40,3 +42,8 @@ class ServerMetrics(TunnelMetrics):
         )
         for source in Source:
             self.client_address.labels(source.value)
+        self.reverse_listeners = Gauge(
+            "wstun_server_reverse_listeners_active",
+            "Ports held for reverse tunnels.",
+            registry=self.registry,
+        )

@@ -47,6 +47,7 @@ __all__ = [
     "Policy",
     "Rule",
     "load_policy_file",
+    "parse_listen_rule",
     "parse_rule",
 ]
 
@@ -191,6 +192,17 @@ def parse_rule(text: str) -> Rule:
     return Rule(kind, "." + canonical if kind is HostKind.SUFFIX else canonical, low, high, text)
 
 
+def parse_listen_rule(text: str) -> Rule:
+    """An ``--allow-listen`` pattern: HOST is ``*``, an address or a network (the bind
+    address), never a name: the server binds addresses."""
+    rule = parse_rule(text)
+    if rule.kind not in (HostKind.ANY, HostKind.NETWORK):
+        raise TargetError(
+            f"bad listen rule {text!r}: the host is a bind address: *, an address or a network"
+        )
+    return rule
+
+
 #: Denied unless an allow rule names the address or network explicitly.
 BUILTIN_DENY: tuple[Rule, ...] = tuple(
     dataclasses.replace(parse_rule(pattern), text=f"{pattern} (built-in: link-local/metadata)")
@@ -213,19 +225,45 @@ class Policy:
 
     allow: tuple[Rule, ...] = ()
     deny: tuple[Rule, ...] = ()
+    #: Where clients may have the server listen for them (reverse tunnels).
+    allow_listen: tuple[Rule, ...] = ()
 
     @classmethod
     def from_patterns(
-        cls, allow: Sequence[str], *extra: Target, deny: Sequence[str] = ()
+        cls,
+        allow: Sequence[str],
+        *extra: Target,
+        deny: Sequence[str] = (),
+        allow_listen: Sequence[str] = (),
     ) -> Policy:
         """Rules from patterns, plus exact allow rules for ``extra`` targets."""
         allow_rules = [parse_rule(p) for p in allow]
         allow_rules += [parse_rule(format_target(t.host, t.port)) for t in extra]
-        return cls(tuple(allow_rules), tuple(parse_rule(p) for p in deny))
+        return cls(
+            tuple(allow_rules),
+            tuple(parse_rule(p) for p in deny),
+            tuple(parse_listen_rule(p) for p in allow_listen),
+        )
 
     def merged(self, other: Policy) -> Policy:
         """This policy's rules followed by ``other``'s."""
-        return Policy(self.allow + other.allow, self.deny + other.deny)
+        return Policy(
+            self.allow + other.allow,
+            self.deny + other.deny,
+            self.allow_listen + other.allow_listen,
+        )
+
+    def listen_rules(self, bind: str) -> tuple[Rule, ...]:
+        """The ``allow_listen`` rules for bind address ``bind`` (any port)."""
+        address = _address(bind)
+        if address is None:
+            return ()
+        return tuple(rule for rule in self.allow_listen if rule.matches_address(address))
+
+    def may_listen(self, bind: str, port: int) -> bool:
+        """Whether a client may have the server listen on ``bind``:``port``
+        (port 0: on some port the rules allow)."""
+        return any(port == 0 or rule.matches_port(port) for rule in self.listen_rules(bind))
 
     @property
     def rules(self) -> tuple[Rule, ...]:
@@ -313,7 +351,8 @@ class Policy:
 
 
 def load_policy_file(path: Path) -> Policy:
-    """Rules from a TOML file: ``allow = ["db:5432", ...]`` and ``deny = [...]``.
+    """Rules from a TOML file: ``allow = ["db:5432", ...]``, ``deny = [...]`` and
+    ``allow_listen = [...]``.
 
     Raises :class:`TargetError` naming the file and, for a bad rule, the rule.
     """
@@ -323,16 +362,18 @@ def load_policy_file(path: Path) -> Policy:
         raise TargetError(f"can't read policy file {path}: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise TargetError(f"policy file {path} is not valid TOML: {exc}") from None
-    unknown = sorted(set(data) - {"allow", "deny"})
+    unknown = sorted(set(data) - {"allow", "deny", "allow_listen"})
     if unknown:
         raise TargetError(f"policy file {path}: unknown key(s) {', '.join(unknown)}")
     lists: dict[str, list[str]] = {}
-    for key in ("allow", "deny"):
+    for key in ("allow", "deny", "allow_listen"):
         value = data.get(key, [])
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise TargetError(f"policy file {path}: {key!r} must be a list of strings")
         lists[key] = value
     try:
-        return Policy.from_patterns(lists["allow"], deny=lists["deny"])
+        return Policy.from_patterns(
+            lists["allow"], deny=lists["deny"], allow_listen=lists["allow_listen"]
+        )
     except TargetError as exc:
         raise TargetError(f"policy file {path}: {exc}") from None

@@ -42,7 +42,7 @@ def test_from_environment() -> None:
     [
         (["-L", "5432:db:5432", "http://h/"], "ws:// or wss://"),
         (["-L", "5432:db", "ws://h/"], "HOST:HOSTPORT"),
-        (["ws://h/"], "give at least one -L or -D, or -W"),
+        (["ws://h/"], "give at least one -L, -D or -R, or -W"),
         (["-L", "1:a:1"], "Missing argument 'URL'"),
         (["-L", "1:a:1", "--tls-server-name", "x", "ws://h/"], "wss:// URLs only"),
         (["-L", "1:a:1", "--connect-to", "10.0.0.1", "wss://h/"], "HOST:PORT"),
@@ -84,8 +84,8 @@ def test_socks_and_stdio_listed(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["-W", "db:22", "-L", "1:a:1", "ws://h/"], "can't go with -L or -D"),
-        (["-W", "db:22", "-D", "1080", "ws://h/"], "can't go with -L or -D"),
+        (["-W", "db:22", "-L", "1:a:1", "ws://h/"], "can't go with -L, -D or -R"),
+        (["-W", "db:22", "-D", "1080", "ws://h/"], "can't go with -L, -D or -R"),
         (["-W", "db", "ws://h/"], "expected HOST:PORT"),
         (["-D", "1080", "--socks-user", "alice", "ws://h/"], "go together"),
         (["-D", "x", "ws://h/"], "expected HOST:PORT"),

@@ -91,7 +91,7 @@ def test_tls_option_checks(kwargs: dict[str, object], message: str, option: str 
 
 def test_modes_and_socks_credentials(tmp_path: Path) -> None:
     """-W stands alone, something must be asked for, and SOCKS5 auth needs both halves."""
-    with pytest.raises(ConfigError, match="can't go with -L or -D"):
+    with pytest.raises(ConfigError, match="can't go with -L, -D or -R"):
         check_modes((parse_forward("1:a:1"),), (), Target("db", 22))
     with pytest.raises(ConfigError, match="nothing to do"):
         check_modes((), (), None)

@@ -150,6 +150,7 @@ def test_failure_statuses() -> None:
         "FORBIDDEN": 403,
         "NOT_FOUND": 404,
         "METHOD_NOT_ALLOWED": 405,
+        "CONFLICT": 409,
         "URI_TOO_LONG": 414,
         "UPGRADE_REQUIRED": 426,
         "HEADERS_TOO_LARGE": 431,

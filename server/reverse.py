@@ -1,0 +1,632 @@
+"""Reverse tunnels (``-R``): the server listens for a client, the client answers.
+
+A client asks, over a ``wstun.reverse.v1`` WebSocket, for a listener
+(``listen``); that WebSocket is the lease's control channel. The port
+belongs to that lease alone (never SO_REUSEPORT: the kernel refuses a second
+bind, also from another worker). The client opens data channels (``attach``)
+that wait idle; each connection accepted on the port takes one, is
+announced with ``open`` (its first bytes go right behind), and once the
+client answers ``opened`` is relayed like any tunnel, after which the
+channel waits again. When the control channel drops, the port is kept for
+``--reverse-grace`` seconds for the same client process to take back with
+its lease id; ``release`` frees it at once. docs/design.md, "Reverse
+tunnels", is the protocol.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import errno
+import hmac
+import logging
+import random
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+
+from websockets.exceptions import ConnectionClosed
+
+from wstun.common.ahead import Ahead
+from wstun.common.errors import describe_os_error
+from wstun.common.protocol import (
+    Attach,
+    CloseCode,
+    Control,
+    ControlError,
+    Demand,
+    Failure,
+    HandshakeRejection,
+    Listen,
+    Listening,
+    Open,
+    Opened,
+    Refused,
+    Release,
+    Target,
+    encode_control,
+    parse_control,
+)
+from wstun.common.report import TunnelReport, format_peer, new_tunnel_id
+from wstun.common.streams import TcpStream, WebSocketStream, tcp_protocol_factory
+from wstun.common.streams.keepalive import Keepalive
+from wstun.server.addresses import parse_ip
+from wstun.server.connection import HandshakeConnection
+from wstun.server.limits import client_host
+from wstun.server.policy import Policy
+
+__all__ = ["DEFAULT_REVERSE_GRACE", "Lease", "ReverseService"]
+
+logger = logging.getLogger("wstun.server")
+
+#: Seconds a lease's port is kept after its control channel drops (``--reverse-grace``).
+DEFAULT_REVERSE_GRACE = 30.0
+#: Leases one client address may hold at once (``--reverse-max-leases``).
+DEFAULT_MAX_LEASES = 16
+#: Inbound connections that may wait for a data channel, per lease (``--reverse-max-pending``).
+DEFAULT_MAX_PENDING = 64
+#: Idle data channels a lease keeps; more are refused (503).
+MAX_IDLE_CHANNELS = 64
+#: Ports tried for ``port 0`` within the allowed ranges before giving up.
+_PORT_TRIES = 64
+
+#: Relays one reverse tunnel: (inbound connection, data channel stream, report); True if clean.
+RelayReverse = Callable[[TcpStream, WebSocketStream, TunnelReport], Awaitable[bool]]
+
+
+def short_id(lease_id: str) -> str:
+    """What logs show of a lease id: never the whole of it."""
+    return lease_id[:6] + "..."
+
+
+class Lease:
+    """A port held for one client process, and its data channels."""
+
+    def __init__(self, service: ReverseService, bind: Target, session: str, client: str) -> None:
+        self.service = service
+        self.id = secrets.token_urlsafe(24)  # 192 bits
+        self.bind = bind
+        self.session = session
+        #: The client's address (host), for the per-client lease limit.
+        self.client = client
+        self.client_peer = "-"
+        self.listener: asyncio.Server | None = None
+        self.control: HandshakeConnection | None = None
+        self.idle: list[DataChannel] = []
+        self.waiting: collections.deque[asyncio.Future[DataChannel]] = collections.deque()
+        self._expiry: asyncio.TimerHandle | None = None
+        self.expires_at: float | None = None
+        self.closed = False
+        self._accepted: set[asyncio.Task[None]] = set()
+
+    def __str__(self) -> str:
+        return str(self.bind)
+
+    # The control channel.
+
+    def take_control(self, connection: HandshakeConnection) -> HandshakeConnection | None:
+        """``connection`` is now the control channel; returns the one it replaces."""
+        old, self.control = self.control, connection
+        self.client_peer = connection.client_peer
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = self.expires_at = None
+        return old
+
+    def control_lost(self, connection: HandshakeConnection, why: str) -> None:
+        """The control channel went away without ``release``: keep the port a while."""
+        if self.control is not connection or self.closed:
+            return
+        self.control = None
+        grace = self.service.grace
+        logger.info(
+            "reverse %s: control channel of %s lost (%s); keeping the port for %gs",
+            self.bind,
+            connection.client_peer,
+            why,
+            grace,
+        )
+        loop = asyncio.get_running_loop()
+        self.expires_at = time.monotonic() + grace
+        self._expiry = loop.call_later(grace, self._expire)
+
+    def _expire(self) -> None:
+        self._expiry = None
+        if self.control is None and not self.closed:
+            self.service.end(self, "lease expired: the client did not come back")
+
+    def retry_after(self) -> float | None:
+        """Seconds until a lease in its grace frees its port."""
+        if self.expires_at is None:
+            return None
+        return max(0.0, self.expires_at - time.monotonic())
+
+    # Data channels and inbound connections.
+
+    def channel_ready(self, channel: DataChannel) -> None:
+        """A data channel waits for a connection: the oldest waiting one, else idle."""
+        while self.waiting:
+            waiter = self.waiting.popleft()
+            if not waiter.done():
+                waiter.set_result(channel)
+                return
+        self.idle.append(channel)
+
+    def channel_gone(self, channel: DataChannel) -> None:
+        with contextlib.suppress(ValueError):
+            self.idle.remove(channel)
+
+    def accepted(self, stream: TcpStream) -> None:
+        """A connection on the lease's port."""
+        task = asyncio.get_running_loop().create_task(self._inbound(stream))
+        self._accepted.add(task)
+        task.add_done_callback(self._accepted.discard)
+
+    async def _inbound(self, stream: TcpStream) -> None:
+        peer = format_peer(stream.peername)
+        if self.idle:
+            self.idle.pop(0).assign(stream)
+            return
+        service = self.service
+        if len(self.waiting) >= service.max_pending:
+            service.failures(
+                f"reverse {self.bind}: {len(self.waiting)} connections wait for the client, "
+                "the limit; resetting new ones"
+            )
+            await stream.abort("too many connections waiting")
+            return
+        waiter: asyncio.Future[DataChannel] = asyncio.get_running_loop().create_future()
+        self.waiting.append(waiter)
+        await self._demand()
+        try:
+            channel = await asyncio.wait_for(waiter, service.connect_timeout)
+        except (TimeoutError, asyncio.CancelledError) as exc:
+            with contextlib.suppress(ValueError):
+                self.waiting.remove(waiter)
+            why = "the lease ended" if self.closed else "no data channel from the client"
+            logger.info(
+                "reverse %s: connection from %s reset: %s within %gs",
+                self.bind,
+                peer,
+                why,
+                service.connect_timeout,
+            )
+            await stream.abort(why)
+            if isinstance(exc, asyncio.CancelledError) and not self.closed:
+                raise
+            return
+        channel.assign(stream)
+
+    async def _demand(self) -> None:
+        control = self.control
+        if control is None:
+            return
+        with contextlib.suppress(ConnectionClosed):
+            await control.send(encode_control(Demand(len(self.waiting))))
+
+    def close(self) -> None:
+        """Stop listening; waiting connections are reset, idle channels closed."""
+        self.closed = True
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        if self.listener is not None:
+            self.listener.close()
+        for waiter in self.waiting:
+            waiter.cancel()
+        self.waiting.clear()
+        for channel in self.idle:
+            channel.release()
+        self.idle.clear()
+
+
+class DataChannel:
+    """One data channel of a lease: waits idle, carries an inbound connection, waits again."""
+
+    def __init__(self, lease: Lease, connection: HandshakeConnection, keepalive: Keepalive | None):
+        self.lease = lease
+        self.connection = connection
+        self.keepalive = keepalive
+        self._assigned: asyncio.Future[TcpStream | None] | None = None
+
+    def assign(self, stream: TcpStream) -> None:
+        assert self._assigned is not None
+        if self._assigned.done():  # gone meanwhile: another channel or a wait
+            self.lease.accepted(stream)
+            return
+        self._assigned.set_result(stream)
+
+    def release(self) -> None:
+        """The lease ended: close this channel once it is idle."""
+        if self._assigned is not None and not self._assigned.done():
+            self._assigned.set_result(None)
+
+    async def run(self) -> None:
+        try:
+            while True:
+                stream = await self._wait()
+                if stream is None:
+                    return
+                if not await self._carry(stream):
+                    return
+                if self.lease.closed or self.lease.service.draining():
+                    await self._close(CloseCode.GOING_AWAY, self._ending())
+                    return
+        finally:
+            self.lease.channel_gone(self)
+            if self.keepalive is not None:
+                self.keepalive.stop()
+
+    def _ending(self) -> str:
+        return "server is shutting down" if self.lease.service.draining() else "lease ended"
+
+    async def _wait(self) -> TcpStream | None:
+        """Idle until an inbound connection is assigned; None when this channel is done."""
+        assigned: asyncio.Future[TcpStream | None] = asyncio.get_running_loop().create_future()
+        self._assigned = assigned
+        self.lease.channel_ready(self)
+        watch = asyncio.ensure_future(self.connection.recv())
+        try:
+            await asyncio.wait((watch, assigned), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not assigned.done():
+                assigned.set_result(None)  # no connection goes to this channel from now
+            self.lease.channel_gone(self)
+            if not watch.done():
+                watch.cancel()  # cancelling recv loses nothing
+            await asyncio.gather(watch, return_exceptions=True)
+        stream = assigned.result()
+        if not watch.cancelled():
+            if stream is not None:
+                self.lease.accepted(stream)  # to another channel
+            exc = watch.exception()
+            if exc is None:
+                await self.lease.service.violation(self.connection, "a message while idle")
+            elif not isinstance(exc, ConnectionClosed):
+                raise exc
+            return None
+        if stream is None:
+            await self._close(CloseCode.GOING_AWAY, self._ending())
+        return stream
+
+    async def _carry(self, stream: TcpStream) -> bool:
+        """``open``, the client's answer, then the relay; True if the channel may go on."""
+        service, connection = self.lease.service, self.connection
+        peer = format_peer(stream.peername)
+        ahead = Ahead(stream, service.read_size)
+        try:
+            await connection.send(encode_control(Open(peer=peer)))
+            async with asyncio.timeout(service.connect_timeout):
+                answer = await ahead.while_waiting(connection)
+        except ConnectionClosed:
+            if ahead.data:
+                await stream.abort("client went away")
+            else:
+                self.lease.accepted(stream)  # nothing read yet: another channel takes it
+            return False
+        except TimeoutError:
+            logger.info("reverse %s: the client did not answer open for %s", self.lease, peer)
+            await stream.abort("client did not answer")
+            await self._close(CloseCode.GOING_AWAY, "no answer to open")
+            return False
+        try:
+            if not isinstance(answer, str):
+                raise ControlError("payload before the answer to open")
+            control = parse_control(answer)
+            if not isinstance(control, Opened | Refused):
+                raise ControlError(f"unexpected {_name(control)} from a client")
+        except ControlError as exc:
+            await stream.abort("client broke the protocol")
+            await service.violation(connection, str(exc))
+            return False
+        if isinstance(control, Refused):
+            logger.info(
+                "reverse %s: connection from %s reset: the client refused it: %d %s",
+                self.lease,
+                peer,
+                control.status,
+                control.reason,
+            )
+            await stream.abort(control.reason)
+            return True  # the client drops what went ahead; the channel is idle again
+        ws = WebSocketStream(connection, eof_markers=True, keepalive=self.keepalive, reusable=True)
+        report = TunnelReport(new_tunnel_id("s"), peer, connection.client_peer, kind="reverse")
+        report.sent_ahead = len(ahead.data)
+        return await service.relay(stream, ws, report)
+
+    async def _close(self, code: int, reason: str) -> None:
+        with contextlib.suppress(TimeoutError, ConnectionClosed):
+            await asyncio.wait_for(self.connection.close(code, reason), 2.0)
+
+
+class ReverseService:
+    """The leases of one server: listen rules, ownership, grace, data channels."""
+
+    def __init__(
+        self,
+        *,
+        policy: Policy,
+        grace: float,
+        max_leases: int,
+        max_pending: int,
+        connect_timeout: float,
+        read_size: int,
+        ping_interval: float | None,
+        ping_timeout: float | None,
+        relay: RelayReverse,
+        refuse: Callable[[HandshakeConnection, HandshakeRejection], None],
+        draining: Callable[[], bool],
+        on_change: Callable[[int], None] = lambda active: None,
+    ) -> None:
+        self.policy = policy
+        self.grace = grace
+        self.max_leases = max_leases
+        self.max_pending = max_pending
+        self.connect_timeout = connect_timeout
+        self.read_size = read_size
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
+        self.relay = relay
+        self._refuse = refuse
+        self.draining = draining
+        self._on_change = on_change
+        self._by_id: dict[str, Lease] = {}
+        self._by_bind: dict[Target, Lease] = {}
+        self._per_client: collections.Counter[str] = collections.Counter()
+        self._failure_logged: dict[str, float] = {}
+
+    @property
+    def leases(self) -> list[Lease]:
+        return list(self._by_id.values())
+
+    def failures(self, line: str) -> None:
+        """A line about a recurring condition: once per 10 s."""
+        now = time.monotonic()
+        if now - self._failure_logged.get(line, -10.0) >= 10.0:
+            self._failure_logged[line] = now
+            logger.warning("%s", line)
+
+    def _keepalive(self, connection: HandshakeConnection) -> Keepalive | None:
+        if not self.ping_interval:
+            return None
+        return Keepalive(connection, self.ping_interval, self.ping_timeout or None)
+
+    async def serve(self, connection: HandshakeConnection) -> None:
+        """A ``wstun.reverse.v1`` WebSocket: its first message makes it a control
+        channel (``listen``) or a data channel (``attach``)."""
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                first = await connection.recv()
+        except (ConnectionClosed, TimeoutError):
+            return
+        try:
+            if not isinstance(first, str):
+                raise ControlError("payload before listen or attach")
+            control = parse_control(first)
+            if not isinstance(control, Listen | Attach):
+                raise ControlError(f"unexpected {_name(control)} as the first message")
+        except ControlError as exc:
+            await self.violation(connection, str(exc))
+            return
+        if isinstance(control, Listen):
+            await self._control(connection, control)
+        else:
+            await self._data(connection, control)
+
+    async def violation(self, connection: HandshakeConnection, reason: str) -> None:
+        """Close with 1002 and the reason; no traceback, nothing else affected."""
+        logger.info("protocol error peer=%s: %s", connection.client_peer, reason)
+        with contextlib.suppress(TimeoutError, ConnectionClosed):
+            await asyncio.wait_for(connection.close(CloseCode.PROTOCOL_ERROR, reason[:120]), 2.0)
+
+    async def _refusal(
+        self, connection: HandshakeConnection, rejection: HandshakeRejection, retry: float | None
+    ) -> None:
+        self._refuse(connection, rejection)
+        with contextlib.suppress(TimeoutError, ConnectionClosed):
+            await connection.send(
+                encode_control(Refused(rejection.status, rejection.reason, retry))
+            )
+            await asyncio.wait_for(connection.close(), 2.0)
+
+    # Control channels.
+
+    async def _control(self, connection: HandshakeConnection, listen: Listen) -> None:
+        got = await self._lease(connection, listen)
+        if isinstance(got, tuple):
+            await self._refusal(connection, *got)
+            return
+        lease = got
+        replaced = lease.take_control(connection)
+        if replaced is not None:
+            logger.info("reverse %s: taken back by a new control channel", lease)
+            with contextlib.suppress(TimeoutError, ConnectionClosed):
+                await asyncio.wait_for(
+                    replaced.close(CloseCode.POLICY_VIOLATION, "lease taken by a newer connection"),
+                    2.0,
+                )
+        keepalive = self._keepalive(connection)
+        why = "closed"
+        try:
+            await connection.send(
+                encode_control(Listening(lease.bind.host, lease.bind.port, lease.id, self.grace))
+            )
+            while True:
+                message = await connection.recv()
+                try:
+                    if not isinstance(message, str):
+                        raise ControlError("payload on a control channel")
+                    control = parse_control(message)
+                    if not isinstance(control, Release):
+                        raise ControlError(f"unexpected {_name(control)} on a control channel")
+                except ControlError as exc:
+                    await self.violation(connection, str(exc))
+                    why = f"protocol error: {exc}"
+                    break
+                self.end(lease, "released by the client")
+                with contextlib.suppress(TimeoutError, ConnectionClosed):
+                    await asyncio.wait_for(connection.close(), 2.0)
+                return
+        except ConnectionClosed as closed:
+            why = _why(closed, keepalive)
+        finally:
+            if keepalive is not None:
+                keepalive.stop()
+            lease.control_lost(connection, why)
+
+    async def _lease(
+        self, connection: HandshakeConnection, listen: Listen
+    ) -> Lease | tuple[HandshakeRejection, float | None]:
+        """The lease ``listen`` asks for, taken back or new; or the refusal."""
+        if self.draining():
+            return HandshakeRejection(Failure.UNAVAILABLE, "server is shutting down"), None
+        address = parse_ip(listen.bind)
+        if address is None:
+            return HandshakeRejection(
+                Failure.BAD_REQUEST, f"bind address must be an IP address, got {listen.bind!r}"
+            ), None
+        bind = Target(str(address), listen.port)
+        if listen.lease is not None and (lease := self._by_id.get(listen.lease)) is not None:
+            same = hmac.compare_digest(lease.session, listen.session)
+            if not same or lease.bind.host != bind.host or bind.port not in (0, lease.bind.port):
+                return HandshakeRejection(
+                    Failure.FORBIDDEN, "lease not valid for this client and address"
+                ), None
+            return lease
+        if not self.policy.may_listen(bind.host, bind.port):
+            return HandshakeRejection(
+                Failure.FORBIDDEN,
+                f"listening not allowed: {bind}",
+                f"listen rules: {', '.join(map(str, self.policy.allow_listen)) or '(none)'}",
+            ), None
+        client = client_host(connection.client_peer)
+        if self._per_client[client] >= self.max_leases:
+            return HandshakeRejection(
+                Failure.UNAVAILABLE,
+                f"too many reverse listeners from {client} (limit {self.max_leases} per client)",
+            ), None
+        held = self._by_bind.get(bind)
+        if held is not None:
+            return HandshakeRejection(
+                Failure.CONFLICT, f"{bind} is held by another client"
+            ), held.retry_after()
+        lease = Lease(self, bind, listen.session, client)
+        problem = await self._listen(lease)
+        if problem is not None:
+            return problem, None
+        self._by_id[lease.id] = lease
+        self._by_bind[lease.bind] = lease
+        self._per_client[client] += 1
+        self._on_change(len(self._by_id))
+        logger.info(
+            "reverse %s: listening for %s (lease %s)",
+            lease.bind,
+            connection.client_peer,
+            short_id(lease.id),
+        )
+        return lease
+
+    async def _listen(self, lease: Lease) -> HandshakeRejection | None:
+        """Bind the lease's listener (no SO_REUSEPORT); for port 0, a port the rules allow."""
+        bind = lease.bind
+        loop = asyncio.get_running_loop()
+        factory = tcp_protocol_factory(lease.accepted)
+        for port in self._ports(bind):
+            try:
+                server = await loop.create_server(
+                    factory, bind.host, port, reuse_port=False, start_serving=True
+                )
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    if bind.port == 0:
+                        continue
+                    return HandshakeRejection(
+                        Failure.CONFLICT, f"can't listen on {bind}: address in use"
+                    )
+                return HandshakeRejection(
+                    Failure.BAD_REQUEST, f"can't listen on {bind}: {describe_os_error(exc)}"
+                )
+            lease.listener = server
+            lease.bind = Target(bind.host, server.sockets[0].getsockname()[1])
+            return None
+        return HandshakeRejection(
+            Failure.CONFLICT, f"can't listen on {bind.host}: no free port the rules allow"
+        )
+
+    def _ports(self, bind: Target) -> list[int]:
+        if bind.port:
+            return [bind.port]
+        rules = self.policy.listen_rules(bind.host)
+        if any(rule.low <= 1 and rule.high >= 65535 for rule in rules):
+            return [0]  # any port: the kernel picks
+        ports = {p for rule in rules for p in range(rule.low, rule.high + 1)}
+        free = [p for p in ports if Target(bind.host, p) not in self._by_bind]
+        random.shuffle(free)
+        return free[:_PORT_TRIES]
+
+    def end(self, lease: Lease, why: str) -> None:
+        """The lease is over: its port is free now."""
+        if self._by_id.pop(lease.id, None) is None:
+            return
+        self._by_bind.pop(lease.bind, None)
+        self._per_client[lease.client] -= 1
+        if self._per_client[lease.client] <= 0:
+            del self._per_client[lease.client]
+        lease.close()
+        self._on_change(len(self._by_id))
+        logger.info("reverse %s: port closed (%s)", lease.bind, why)
+
+    # Data channels.
+
+    async def _data(self, connection: HandshakeConnection, attach: Attach) -> None:
+        lease = self._by_id.get(attach.lease)
+        if lease is None or not hmac.compare_digest(lease.session, attach.session):
+            rejection = HandshakeRejection(Failure.FORBIDDEN, "no such lease for this client")
+            await self._refusal(connection, rejection, None)
+            return
+        if self.draining():
+            rejection = HandshakeRejection(Failure.UNAVAILABLE, "server is shutting down")
+            await self._refusal(connection, rejection, None)
+            return
+        if len(lease.idle) >= MAX_IDLE_CHANNELS:
+            rejection = HandshakeRejection(
+                Failure.UNAVAILABLE, f"too many idle data channels (limit {MAX_IDLE_CHANNELS})"
+            )
+            await self._refusal(connection, rejection, None)
+            return
+        await DataChannel(lease, connection, self._keepalive(connection)).run()
+
+    # Drain and stop.
+
+    async def shut_down(self) -> None:
+        """On drain: close every listener and control channel now (1001); idle data channels
+        close, busy ones after their tunnel."""
+        controls = [lease.control for lease in self._by_id.values() if lease.control is not None]
+        for lease in list(self._by_id.values()):
+            self.end(lease, "server is shutting down")
+        await asyncio.gather(
+            *(
+                asyncio.wait_for(control.close(CloseCode.GOING_AWAY, "server is shutting down"), 2)
+                for control in controls
+            ),
+            return_exceptions=True,
+        )
+
+    def stop(self) -> None:
+        """Close every listener that is left."""
+        for lease in list(self._by_id.values()):
+            self.end(lease, "server stopped")
+
+
+def _why(closed: ConnectionClosed, keepalive: Keepalive | None) -> str:
+    if keepalive is not None and keepalive.dead_reason:
+        return keepalive.dead_reason
+    frame = closed.rcvd or closed.sent
+    if frame is None:
+        return "connection lost"
+    return f"{frame.code} {frame.reason}".rstrip()
+
+
+def _name(control: Control) -> str:
+    return type(control).__name__.lower()
