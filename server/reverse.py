@@ -65,7 +65,9 @@ DEFAULT_REVERSE_GRACE = 30.0
 #: Leases one client address may hold at once (``--reverse-max-leases``).
 DEFAULT_MAX_LEASES = 16
 #: Inbound connections that may wait for a data channel, per lease (``--reverse-max-pending``).
-DEFAULT_MAX_PENDING = 64
+DEFAULT_MAX_PENDING = 256
+#: The listen backlog of a reverse port (nginx's default).
+BACKLOG = 511
 #: Idle data channels a lease keeps; more are refused (503).
 MAX_IDLE_CHANNELS = 64
 #: Ports tried for ``port 0`` within the allowed ranges before giving up.
@@ -99,6 +101,7 @@ class Lease:
         self.expires_at: float | None = None
         self.closed = False
         self._accepted: set[asyncio.Task[None]] = set()
+        self._demand_task: asyncio.Task[None] | None = None
 
     def __str__(self) -> str:
         return str(self.bind)
@@ -150,8 +153,14 @@ class Lease:
             waiter = self.waiting.popleft()
             if not waiter.done():
                 waiter.set_result(channel)
+                if self.waiting:  # still more than channels: keep the client opening
+                    self._demanding()
                 return
         self.idle.append(channel)
+
+    def _demanding(self) -> None:
+        if self._demand_task is None or self._demand_task.done():
+            self._demand_task = asyncio.get_running_loop().create_task(self._demand())
 
     def channel_gone(self, channel: DataChannel) -> None:
         with contextlib.suppress(ValueError):
@@ -178,7 +187,7 @@ class Lease:
             return
         waiter: asyncio.Future[DataChannel] = asyncio.get_running_loop().create_future()
         self.waiting.append(waiter)
-        await self._demand()
+        self._demanding()
         try:
             channel = await asyncio.wait_for(waiter, service.connect_timeout)
         except (TimeoutError, asyncio.CancelledError) as exc:
@@ -199,8 +208,9 @@ class Lease:
         channel.assign(stream)
 
     async def _demand(self) -> None:
+        """Tell the client how many connections wait (one message at a time)."""
         control = self.control
-        if control is None:
+        if control is None or not self.waiting:
             return
         with contextlib.suppress(ConnectionClosed):
             await control.send(encode_control(Demand(len(self.waiting))))
@@ -535,7 +545,7 @@ class ReverseService:
         for port in self._ports(bind):
             try:
                 server = await loop.create_server(
-                    factory, bind.host, port, reuse_port=False, start_serving=True
+                    factory, bind.host, port, reuse_port=False, backlog=BACKLOG
                 )
             except OSError as exc:
                 if exc.errno == errno.EADDRINUSE:

@@ -182,3 +182,37 @@ def test_shell_completion_scripts(shell: str) -> None:
         assert result.exit_code == 0
         assert prog in result.output
         assert "complete" in result.output.lower()
+
+
+def test_reverse_forwards_listed() -> None:
+    """-R as ssh's: BIND defaults to 127.0.0.1, port 0 lets the server pick, IPv6 in
+    brackets, localhost is 127.0.0.1; WSTUN_REMOTE holds more."""
+    code, out = run(
+        ["--check", "-R", "9000:127.0.0.1:3000", "-R", "[::]:0:db:5432", "-R",
+         "localhost:9022:127.0.0.1:22", "-L", "1:a:1", "ws://h/"],
+        env={"WSTUN_REMOTE": "ignored-when-given:1:a:1"},
+    )  # fmt: skip
+    assert code == 0, out
+    assert "reverse: 127.0.0.1:9000 on the server -> 127.0.0.1:3000" in out
+    assert "reverse: [::]:0 on the server -> db:5432 (the server picks the port)" in out
+    assert "reverse: 127.0.0.1:9022 on the server -> 127.0.0.1:22" in out
+    assert "reverse channels: 2 idle per -R" in out
+    code, out = run(["--check", "ws://h/"], env={"WSTUN_REMOTE": "9000:x:1 9001:y:2"})
+    assert code == 0, out
+    assert "reverse: 127.0.0.1:9001 on the server -> y:2" in out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["-R", "9000:3000"], "expected [BIND:]PORT:HOST:HOSTPORT"),
+        (["-R", "db.internal:9000:a:1"], "BIND must be an IP address"),
+        (["-R", "70000:a:1"], "between 0 and 65535"),
+        (["-R", "9000:a:1", "-W", "a:1"], "can't go with -L, -D or -R"),
+        (["-R", "9000:a:1", "--reverse-channels", "0"], "--reverse-channels"),
+    ],
+)
+def test_bad_reverse_forwards_are_clear_errors(args: list[str], message: str) -> None:
+    code, out = run(["--check", *args, "ws://h/"])
+    assert code == 2
+    assert message in out

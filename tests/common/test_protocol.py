@@ -6,15 +6,27 @@ import pytest
 
 from wstun.common.errors import TargetError
 from wstun.common.protocol import (
+    MAX_CONTROL_SIZE,
     SUBPROTOCOL,
+    Attach,
+    Control,
+    ControlError,
+    Demand,
     Failure,
     HandshakeRejection,
+    Listen,
+    Listening,
+    Open,
+    Refused,
+    Release,
     Target,
     bearer_token,
     build_tunnel_url,
+    encode_control,
     format_target,
     is_health_path,
     normalize_prefix,
+    parse_control,
     parse_listen,
     parse_target,
     path_matches,
@@ -195,3 +207,56 @@ def test_build_tunnel_url() -> None:
 def test_subprotocol_name() -> None:
     """Clients offer wstun.v1."""
     assert SUBPROTOCOL == "wstun.v1"
+
+
+SESSION = "S" * 22
+LEASE = "L" * 32
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        Listen("127.0.0.1", 9000, SESSION),
+        Listen("::", 0, SESSION, LEASE),
+        Listening("127.0.0.1", 9000, LEASE, 30.0),
+        Attach(LEASE, SESSION),
+        Demand(7),
+        Release(),
+        Open(peer="127.0.0.1:5555"),
+        Open("db:5432"),
+        Refused(409, "127.0.0.1:9000 is held by another client", 12.5),
+        Refused(403, "listening not allowed: 0.0.0.0:9000"),
+    ],
+    ids=repr,
+)
+def test_control_messages_round_trip(message: Control) -> None:
+    """Every control message reads back as itself, under the size limit."""
+    text = encode_control(message)
+    assert len(text.encode()) <= MAX_CONTROL_SIZE
+    assert parse_control(text) == message
+
+
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        ('{"type":"listen","bind":"127.0.0.1","port":70000,"session":"' + SESSION + '"}', "port"),
+        (
+            '{"type":"listen","bind":1,"port":1,"session":"' + SESSION + '"}',
+            "bind must be a string",
+        ),
+        ('{"type":"listen","bind":"::","port":1,"session":"tiny"}', "session is not a valid id"),
+        (
+            '{"type":"listen","bind":"::","port":1,"session":"' + SESSION + '","lease":"a b"}',
+            "lease",
+        ),
+        ('{"type":"attach","lease":"' + LEASE + '"}', "session must be a string"),
+        ('{"type":"demand","waiting":-1}', "waiting"),
+        ('{"type":"listening","bind":"::","port":0,"lease":"' + LEASE + '","grace":1}', "port"),
+        ('{"type":"listening","bind":"::","port":1,"lease":"' + LEASE + '"}', "grace"),
+        ('{"type":"refused","status":409,"reason":"x","retry_after":"soon"}', "retry_after"),
+        ('{"type":"open","peer":5}', "peer must be a string"),
+    ],
+)
+def test_malformed_reverse_control_messages(text: str, error: str) -> None:
+    with pytest.raises(ControlError, match=error):
+        parse_control(text)

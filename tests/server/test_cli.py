@@ -174,3 +174,28 @@ def test_unreadable_token_file_says_who_must_read_it(
     code, out = run(["--check", "--token-file", str(token)])
     assert code == 2
     assert f"runs as uid {os.getuid()}, gid {os.getgid()}" in out
+
+
+def test_listen_rules_and_reverse_limits(tmp_path: Path) -> None:
+    """--allow-listen, the policy file's allow_listen and the reverse limits show in --check;
+    a listen rule naming a host is a clear error."""
+    policy = tmp_path / "policy.toml"
+    policy.write_text('allow_listen = ["0.0.0.0:8000"]\n')
+    code, out = run(["--check"])
+    assert "allow listen: (none: no -R)" in out
+    code, out = run(
+        ["--check", "--allow-listen", "127.0.0.1:9000-9100", "--allow-listen", "[::1]:*",
+         "--policy-file", str(policy), "--reverse-grace", "5", "--reverse-max-leases", "3",
+         "--reverse-max-pending", "10"]
+    )  # fmt: skip
+    assert code == 0, out
+    assert "allow listen: 127.0.0.1:9000-9100, [::1]:*, 0.0.0.0:8000" in out
+    assert "reverse grace: 5s" in out
+    assert "reverse max leases per client: 3" in out
+    assert "reverse max pending per lease: 10" in out
+    code, out = run(["--check", "--allow-listen", "laptop.example:9000"])
+    assert code == 2
+    assert "--allow-listen" in out
+    assert "the host is a bind address" in out
+    code, out = run(["--check"], env={"WSTUN_ALLOW_LISTEN": "10.0.0.0/8:22"})
+    assert "allow listen: 10.0.0.0/8:22" in out

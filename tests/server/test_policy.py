@@ -210,3 +210,45 @@ def test_refusal_names_the_fact_not_the_rules(rules: list[str], target: str, fac
     for rule in rules:
         assert rule not in reason.replace(target, "")
     assert all(rule in policy.rules_text() for rule in rules)
+
+
+@pytest.mark.parametrize(
+    ("rules", "bind", "port", "allowed"),
+    [
+        ([], "127.0.0.1", 9000, False),
+        (["127.0.0.1:9000-9100"], "127.0.0.1", 9000, True),
+        (["127.0.0.1:9000-9100"], "127.0.0.1", 9101, False),
+        (["127.0.0.1:9000-9100"], "0.0.0.0", 9000, False),
+        (["127.0.0.1:9000-9100"], "127.0.0.1", 0, True),
+        (["127.0.0.1:9000-9100"], "::1", 0, False),
+        (["*:9000"], "0.0.0.0", 9000, True),
+        (["*:9000"], "::", 9000, True),
+        (["127.0.0.0/8:*"], "127.0.0.2", 1, True),
+        (["[::1]:*"], "::1", 22, True),
+        (["[::1]:*"], "127.0.0.1", 22, False),
+        (["[::]:*"], "::", 22, True),
+        (["127.0.0.1:*"], "localhost", 22, False),  # binds are addresses
+    ],
+)
+def test_listen_rules(rules: list[str], bind: str, port: int, allowed: bool) -> None:
+    """Reverse tunnels listen only where an allow_listen rule allows: default deny."""
+    policy = Policy.from_patterns([], allow_listen=rules)
+    assert policy.may_listen(bind, port) is allowed
+
+
+def test_listen_rules_are_addresses_not_names() -> None:
+    with pytest.raises(TargetError, match="the host is a bind address"):
+        Policy.from_patterns([], allow_listen=["laptop:9000"])
+    with pytest.raises(TargetError, match="the host is a bind address"):
+        Policy.from_patterns([], allow_listen=["*.example:9000"])
+
+
+def test_policy_file_listen_rules(tmp_path: Path) -> None:
+    path = tmp_path / "policy.toml"
+    path.write_text('allow = ["db:5432"]\nallow_listen = ["127.0.0.1:9000-9001"]\n')
+    policy = load_policy_file(path)
+    assert [str(rule) for rule in policy.allow_listen] == ["127.0.0.1:9000-9001"]
+    assert policy.may_listen("127.0.0.1", 9001)
+    path.write_text('allow_listen = ["db:9000"]\n')
+    with pytest.raises(TargetError, match=r"policy file .*the host is a bind address"):
+        load_policy_file(path)
