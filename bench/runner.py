@@ -69,7 +69,15 @@ PROFILES: dict[str, tuple[int, Sizes]] = {
     ),
 }
 
-DEFAULT_TUNNELS = ("direct", "socat", "websocat", "websockify", "wstun", "wstun-nopool")
+DEFAULT_TUNNELS = (
+    "direct",
+    "socat",
+    "websocat",
+    "websockify",
+    "wstun",
+    "wstun-nopool",
+    "wstun-reverse",
+)
 TIMED_WORKLOADS = ("bulk", "iperf-up", "iperf-down", "iperf-p4", "redis-1", "redis-50", "churn")
 
 

@@ -177,6 +177,31 @@ def _wstun(
     return start
 
 
+def _wstun_reverse(target: int, logdir: Path) -> RunningTunnel:
+    """wstun's -R: the server listens, the client carries each connection to the target."""
+    server = Proc(
+        "wstun-server",
+        [find_tool("wstun-server"), "--listen", "127.0.0.1:0", "--allow-listen", "127.0.0.1:*"],
+        logdir,
+    )
+    line = server.wait_for_line("listening on 127.0.0.1:")
+    ws_port = int(_port_after("listening on 127.0.0.1:", line))
+    client = Proc(
+        "wstun-client",
+        [
+            find_tool("wstun-client"),
+            "-R",
+            f"0:127.0.0.1:{target}",
+            f"ws://127.0.0.1:{ws_port}/",
+        ],
+        logdir,
+    )
+    line = client.wait_for_line("allocated port ")
+    port = int(_port_after("allocated port ", line))
+    client.wait_for_line(" on the server -> ")
+    return RunningTunnel(port, [server, client])
+
+
 def _port_after(prefix: str, line: str) -> str:
     match = re.search(re.escape(prefix) + r"(\d+)", line)
     assert match is not None, line
@@ -209,6 +234,11 @@ TUNNELS: dict[str, TunnelSpec] = {
             "wstun-nopool",
             _wstun(client_args=("--pool", "0")),
             note="wstun-client --pool 0: a fresh WebSocket (upgrade) per connection",
+        ),
+        TunnelSpec(
+            "wstun-reverse",
+            _wstun_reverse,
+            note="wstun-client -R: the server listens, each connection rides a warm data channel",
         ),
         TunnelSpec(
             "wstun-w2",

@@ -37,6 +37,7 @@ from wstun.common.report import TunnelReport, format_peer, new_tunnel_id, relay_
 from wstun.common.runtime import serve_until
 from wstun.common.streams import (
     WS_OPTIONS,
+    ByteStream,
     TcpStream,
     WebSocketStream,
 )
@@ -266,7 +267,7 @@ class TunnelServer:
         return ws.reusable_now
 
     async def _relay_reverse(
-        self, inbound: TcpStream, ws: WebSocketStream, report: TunnelReport
+        self, inbound: ByteStream, ws: WebSocketStream, report: TunnelReport
     ) -> bool:
         """One reverse tunnel: the connection on a lease's port, and the client's data
         channel; True when it ended cleanly and ``ws`` stays open."""

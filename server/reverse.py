@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import errno
 import hmac
 import logging
@@ -49,7 +50,13 @@ from wstun.common.protocol import (
     parse_control,
 )
 from wstun.common.report import TunnelReport, format_peer, new_tunnel_id
-from wstun.common.streams import TcpStream, WebSocketStream, tcp_protocol_factory
+from wstun.common.streams import (
+    ByteStream,
+    PrefixedStream,
+    TcpStream,
+    WebSocketStream,
+    tcp_protocol_factory,
+)
 from wstun.common.streams.keepalive import Keepalive
 from wstun.server.addresses import parse_ip
 from wstun.server.connection import HandshakeConnection
@@ -74,7 +81,15 @@ MAX_IDLE_CHANNELS = 64
 _PORT_TRIES = 64
 
 #: Relays one reverse tunnel: (inbound connection, data channel stream, report); True if clean.
-RelayReverse = Callable[[TcpStream, WebSocketStream, TunnelReport], Awaitable[bool]]
+RelayReverse = Callable[[ByteStream, WebSocketStream, TunnelReport], Awaitable[bool]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Inbound:
+    """A connection accepted on a lease's port, and where it came from."""
+
+    stream: ByteStream
+    peer: str
 
 
 def short_id(lease_id: str) -> str:
@@ -168,14 +183,22 @@ class Lease:
 
     def accepted(self, stream: TcpStream) -> None:
         """A connection on the lease's port."""
-        task = asyncio.get_running_loop().create_task(self._inbound(stream))
+        self.queue(Inbound(stream, format_peer(stream.peername)))
+
+    def queue(self, inbound: Inbound) -> None:
+        """A connection to hand to a data channel: a new one, or one whose channel was
+        closed by the client before it answered (what was read from it comes first)."""
+        task = asyncio.get_running_loop().create_task(self._inbound(inbound))
         self._accepted.add(task)
         task.add_done_callback(self._accepted.discard)
 
-    async def _inbound(self, stream: TcpStream) -> None:
-        peer = format_peer(stream.peername)
+    async def _inbound(self, inbound: Inbound) -> None:
+        stream, peer = inbound.stream, inbound.peer
+        if self.closed:
+            await stream.abort("the lease ended")
+            return
         if self.idle:
-            self.idle.pop(0).assign(stream)
+            self.idle.pop(0).assign(inbound)
             return
         service = self.service
         if len(self.waiting) >= service.max_pending:
@@ -205,7 +228,7 @@ class Lease:
             if isinstance(exc, asyncio.CancelledError) and not self.closed:
                 raise
             return
-        channel.assign(stream)
+        channel.assign(inbound)
 
     async def _demand(self) -> None:
         """Tell the client how many connections wait (one message at a time)."""
@@ -238,14 +261,14 @@ class DataChannel:
         self.lease = lease
         self.connection = connection
         self.keepalive = keepalive
-        self._assigned: asyncio.Future[TcpStream | None] | None = None
+        self._assigned: asyncio.Future[Inbound | None] | None = None
 
-    def assign(self, stream: TcpStream) -> None:
+    def assign(self, inbound: Inbound) -> None:
         assert self._assigned is not None
         if self._assigned.done():  # gone meanwhile: another channel or a wait
-            self.lease.accepted(stream)
+            self.lease.queue(inbound)
             return
-        self._assigned.set_result(stream)
+        self._assigned.set_result(inbound)
 
     def release(self) -> None:
         """The lease ended: close this channel once it is idle."""
@@ -255,10 +278,10 @@ class DataChannel:
     async def run(self) -> None:
         try:
             while True:
-                stream = await self._wait()
-                if stream is None:
+                inbound = await self._wait()
+                if inbound is None:
                     return
-                if not await self._carry(stream):
+                if not await self._carry(inbound):
                     return
                 if self.lease.closed or self.lease.service.draining():
                     await self._close(CloseCode.GOING_AWAY, self._ending())
@@ -271,9 +294,9 @@ class DataChannel:
     def _ending(self) -> str:
         return "server is shutting down" if self.lease.service.draining() else "lease ended"
 
-    async def _wait(self) -> TcpStream | None:
+    async def _wait(self) -> Inbound | None:
         """Idle until an inbound connection is assigned; None when this channel is done."""
-        assigned: asyncio.Future[TcpStream | None] = asyncio.get_running_loop().create_future()
+        assigned: asyncio.Future[Inbound | None] = asyncio.get_running_loop().create_future()
         self._assigned = assigned
         self.lease.channel_ready(self)
         watch = asyncio.ensure_future(self.connection.recv())
@@ -286,34 +309,35 @@ class DataChannel:
             if not watch.done():
                 watch.cancel()  # cancelling recv loses nothing
             await asyncio.gather(watch, return_exceptions=True)
-        stream = assigned.result()
+        inbound = assigned.result()
         if not watch.cancelled():
-            if stream is not None:
-                self.lease.accepted(stream)  # to another channel
+            if inbound is not None:
+                self.lease.queue(inbound)  # to another channel
             exc = watch.exception()
             if exc is None:
                 await self.lease.service.violation(self.connection, "a message while idle")
             elif not isinstance(exc, ConnectionClosed):
                 raise exc
             return None
-        if stream is None:
+        if inbound is None:
             await self._close(CloseCode.GOING_AWAY, self._ending())
-        return stream
+        return inbound
 
-    async def _carry(self, stream: TcpStream) -> bool:
+    async def _carry(self, inbound: Inbound) -> bool:
         """``open``, the client's answer, then the relay; True if the channel may go on."""
         service, connection = self.lease.service, self.connection
-        peer = format_peer(stream.peername)
+        stream, peer = inbound.stream, inbound.peer
         ahead = Ahead(stream, service.read_size)
         try:
             await connection.send(encode_control(Open(peer=peer)))
             async with asyncio.timeout(service.connect_timeout):
                 answer = await ahead.while_waiting(connection)
         except ConnectionClosed:
+            # The client closed this channel before it saw the open (an idle channel it
+            # no longer wanted, say): another channel takes the connection, bytes and all.
             if ahead.data:
-                await stream.abort("client went away")
-            else:
-                self.lease.accepted(stream)  # nothing read yet: another channel takes it
+                stream = PrefixedStream(stream, ahead.data)
+            self.lease.queue(Inbound(stream, peer))
             return False
         except TimeoutError:
             logger.info("reverse %s: the client did not answer open for %s", self.lease, peer)

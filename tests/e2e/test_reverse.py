@@ -630,3 +630,40 @@ async def test_wstun_remote_from_the_environment(wstun: Wstun, target, tmp_path:
     port = int((await client.wait_for(ALLOCATED))[0].group(1))
     await client.wait_for(ON_SERVER)
     assert await echo(port) == b"ping"
+
+
+async def test_a_channel_closed_before_it_answers_hands_the_connection_on(wstun: Wstun) -> None:
+    """A data channel the client closes with an open unanswered (an idle channel it no
+    longer wanted) loses nothing: the connection, with the bytes already sent ahead,
+    goes to the next channel."""
+    server, sport = await wstun.server("--allow-listen", "127.0.0.1:*")
+    me = session()
+    async with raw(sport) as control:
+        await control.send(listen_text(session=me))
+        got = await answer(control)
+        lease, port = got["lease"], got["port"]
+        attach = json.dumps({"type": "attach", "lease": lease, "session": me})
+        reader, writer = await asyncio.open_connection("127.0.0.1", int(str(port)))
+        try:
+            writer.write(b"first bytes")
+            async with raw(sport) as first:
+                await first.send(attach)
+                assert (await answer(first))["type"] == "open"
+                assert await asyncio.wait_for(first.recv(), TIMEOUT) == b"first bytes"
+            # closed without an answer: the next channel gets the same connection
+            async with raw(sport) as second:
+                await second.send(attach)
+                opened = await answer(second)
+                assert opened["type"] == "open"
+                assert await asyncio.wait_for(second.recv(), TIMEOUT) == b"first bytes"
+                await second.send(json.dumps({"type": "opened"}))
+                await second.send(b"answer")
+                await second.send(b"")
+                assert await asyncio.wait_for(reader.readexactly(6), TIMEOUT) == b"answer"
+                writer.write_eof()
+                assert await asyncio.wait_for(second.recv(), TIMEOUT) == b""
+                assert await asyncio.wait_for(reader.read(), TIMEOUT) == b""
+        finally:
+            writer.close()
+    (line,) = await server.wait_for(LINE.format(side="s"))
+    assert (line.group(1), line.group(2), line.group(3)) == ("11", "6", "eof")

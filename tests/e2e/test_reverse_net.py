@@ -18,7 +18,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,6 +111,7 @@ async def test_ssh_and_scp_through_a_reverse_port(
     assert ups[-1] > len(upload)
     assert ups[-2] > len(upload)
     assert downs[-1] > len(download)
+    await sshd.wait_for(r"Accepted publickey for", count=4)
     assert len(sshd.matches(r"Accepted publickey for")) == 4
     assert not server.matches(r"lost|port closed"), server.log
     assert not client.matches(r"lost:|retrying"), client.log
@@ -120,7 +121,7 @@ async def test_ssh_and_scp_through_a_reverse_port(
 
 
 async def test_frozen_client_noticed_by_keepalive_then_back_on_same_port(
-    wstun: Wstun, target
+    wstun: Wstun, target: Callable[..., Awaitable[int]]
 ) -> None:
     """SIGSTOP the client: the server notices within ping interval + timeout and keeps
     the port; a connection made meanwhile waits; SIGCONT: the client takes the same port
@@ -237,7 +238,7 @@ def netns_pair(wstun: Wstun) -> Iterator[NetnsPair]:
             subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=20)
 
 
-#: An echo service on 127.0.0.1 (port from argv, 0: any) that half-closes after EOF.
+#: An echo service on a free 127.0.0.1 port (it logs which) that half-closes after EOF.
 ECHO_SERVICE = """
 import asyncio, sys
 async def echo(r, w):
@@ -306,7 +307,7 @@ async def test_network_cut_then_healed_gets_the_same_port_back(
     finally:
         _ip("-n", net.client_ns, "link", "set", net.client_dev, "up")
     assert lost.group(1).startswith("keepalive timeout: nothing received from the peer"), lost
-    assert noticed < 1 + 2 + 3, f"noticed after {noticed:.1f}s"
+    assert noticed < 1 + 2 + 3, f"noticed after {noticed:.1f}s"  # interval + timeout + 3 s
 
     (back,) = await client.wait_for(
         r"reverse 127\.0\.0\.1:\d+ back on 127\.0\.0\.1:(\d+) after (\d+) attempts?",
@@ -316,6 +317,8 @@ async def test_network_cut_then_healed_gets_the_same_port_back(
     after = os.urandom(500_000)
     assert sha(await echo_in_netns(net.server_ns, port, after)) == sha(after)
 
+    server_lines = await server.wait_for(CLOSED.format(side="s"), count=2)
+    assert [line.group(6) for line in server_lines] == ["eof", "eof"], server.log
     # The server saw the old control channel go (its keepalive, or a reset once the link
     # is back), or the client took the lease back first. One lease all along: the server
     # kept the port and never closed it.
@@ -326,8 +329,6 @@ async def test_network_cut_then_healed_gets_the_same_port_back(
     ), server.log
     assert len(server.matches(r"reverse 127\.0\.0\.1:\d+: listening for ")) == 1, server.log
     assert not server.matches(r"port closed"), server.log
-    server_lines = await server.wait_for(CLOSED.format(side="s"), count=2)
-    assert [line.group(6) for line in server_lines] == ["eof", "eof"], server.log
     client_lines = await client.wait_for(CLOSED.format(side="c"), count=2)
     assert [line.group(6) for line in client_lines] == ["eof", "eof"], client.log
     assert client.popen.poll() is None
