@@ -78,6 +78,8 @@ BACKOFF_FIRST = 1.0
 BACKOFF_MAX = 30.0
 #: Data channels opened at once in answer to the server's demand.
 MAX_OPENING = 16
+#: Longest wait before opening a data channel again after opens failed.
+MAX_CHANNEL_RETRY = 5.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,14 +133,15 @@ class InboundConnection(LocalEnd):
     remote_name = "service"
     kind = "reverse"
 
-    def __init__(self, channel: _Channel, peer: str, remote: Remote) -> None:
+    def __init__(self, channel: _Channel, peer: str, forward: str) -> None:
         self.channel = channel
         self.peer = peer
-        self.remote = remote
+        #: The forward's name in log lines (``reverse 127.0.0.1:9000``).
+        self.forward = forward
         self.stream: WebSocketStream | None = None
 
     def failure_line(self, target: Target, error: HandshakeError) -> str:
-        return f"reverse {self.remote.bind}: connection from {self.peer} reset: {error.reason}"
+        return f"{self.forward}: connection from {self.peer} reset: {error.reason}"
 
     async def refused(self, error: HandshakeError) -> None:
         """The service can't be reached: the server resets the connection."""
@@ -199,13 +202,14 @@ class _Channels:
         self.idle: set[_Channel] = set()
         self.opening = 0
         self.closed = False
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._failed = False
+        # Failed opens in a row, and the timer of the next try after one failed.
+        self._failures = 0
+        self._retry: asyncio.TimerHandle | None = None
 
     def top_up(self, wanted: int = 0) -> None:
         """Open channels until ``size`` (or ``wanted``, at most MAX_OPENING more) are idle
         or on their way."""
-        if self.closed or self._failed:
+        if self.closed or self._retry is not None:
             return
         goal = max(self.forward.channels, min(wanted, MAX_OPENING))
         while len(self.idle) + self.opening < goal:
@@ -219,11 +223,10 @@ class _Channels:
             await connection.send(encode_control(Attach(self.lease, forward.session)))
         except (HandshakeError, ConnectionClosed) as exc:
             self.opening -= 1
-            if not self._failed:
-                self._failed = True  # the control channel's reconnect will try again
-                logger.debug("reverse %s: can't open a data channel: %s", forward.remote.bind, exc)
+            self._failed(exc)
             return
         self.opening -= 1
+        self._failures = 0
         config = forward.dialer.config
         keepalive = (
             Keepalive(connection, config.ping_interval, config.ping_timeout)
@@ -242,6 +245,27 @@ class _Channels:
             if keepalive is not None:
                 keepalive.stop()
 
+    def _failed(self, exc: Exception) -> None:
+        """An open failed (a limit, the network): try again after a backoff, not at once."""
+        if self.closed or self._retry is not None:
+            return
+        self._failures += 1
+        # Connections may be waiting for it (within --connect-timeout): never long.
+        delay = min(MAX_CHANNEL_RETRY, _delay(self._failures, None))
+        level = logging.WARNING if self._failures == 1 else logging.DEBUG
+        logger.log(
+            level,
+            "%s: can't open a data channel: %s; retrying in %.1fs",
+            self.forward.name,
+            exc,
+            delay,
+        )
+        self._retry = asyncio.get_running_loop().call_later(delay, self._retry_now)
+
+    def _retry_now(self) -> None:
+        self._retry = None
+        self.top_up()
+
     async def _serve(self, channel: _Channel) -> None:
         """Wait for ``open``, carry its tunnel, wait again; until the channel closes."""
         forward = self.forward
@@ -259,8 +283,8 @@ class _Channels:
                 control = parse_control(message)
                 if isinstance(control, Refused):
                     logger.warning(
-                        "reverse %s: data channel refused: %d %s",
-                        forward.remote.bind,
+                        "%s: data channel refused: %d %s",
+                        forward.name,
                         control.status,
                         control.reason,
                     )
@@ -273,8 +297,9 @@ class _Channels:
             self.idle.discard(channel)
             self.top_up()  # a replacement, so the next connection finds one
             channel.refused = False
-            local = InboundConnection(channel, control.peer or "-", forward.remote)
+            local = InboundConnection(channel, control.peer or "-", forward.name)
             await forward.tunnel(local).run()
+            self.top_up()  # in case a replacement failed while this one was busy
             if channel.refused:
                 pass  # the channel is idle again; what went ahead is dropped
             elif local.stream is None or not local.stream.reusable_now:
@@ -285,14 +310,15 @@ class _Channels:
             self.idle.add(channel)
 
     async def _violation(self, channel: _Channel, reason: str) -> None:
-        logger.warning(
-            "reverse %s: the server broke the protocol: %s", self.forward.remote.bind, reason
-        )
+        logger.warning("%s: the server broke the protocol: %s", self.forward.name, reason)
         await channel.close(CloseCode.PROTOCOL_ERROR, reason[:120])
 
     async def close(self, reason: str) -> None:
         """Close the idle channels; busy ones end with their tunnel."""
         self.closed = True
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
         await asyncio.gather(
             *(channel.close(CloseCode.NORMAL, reason) for channel in list(self.idle)),
             return_exceptions=True,
@@ -348,7 +374,9 @@ class ReverseForward:
 
     @property
     def name(self) -> str:
-        return f"reverse {self.remote.bind}"
+        """``reverse BIND:PORT``, the port the server gave once it gave one."""
+        port = self.port if self.port is not None else self.remote.bind.port
+        return f"reverse {Target(self.remote.bind.host, port)}"
 
     def tunnel(self, local: InboundConnection) -> Tunnel:
         return Tunnel(
@@ -394,6 +422,8 @@ class ReverseForward:
                 if lost is None:
                     lost = exc.outcome
                     logger.warning("%s: can't listen: %s; retrying", self.name, exc.outcome)
+                else:
+                    logger.debug("%s: attempt %d: %s", self.name, attempts + 1, exc.outcome)
                 attempts += 1
                 retry = exc.retry_after if isinstance(exc, _Refusal) else None
                 await asyncio.sleep(_delay(attempts, retry))
@@ -413,11 +443,11 @@ class ReverseForward:
                 self.start(lambda: old.close("lease replaced"))
             self._channels = _Channels(self, listening.lease)
         first = self.port is None
+        if first and self.remote.bind.port == 0:
+            logger.info("%s: allocated port %d on the server", self.name, listening.port)
         self.port, self.lease = listening.port, listening.lease
         bound = Target(listening.bind, listening.port)
         if first:
-            if self.remote.bind.port == 0:
-                logger.info("%s: allocated port %d on the server", self.name, listening.port)
             logger.info(
                 "reverse %s on the server -> %s via %s",
                 bound,

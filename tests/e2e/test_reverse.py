@@ -178,7 +178,7 @@ async def test_a_refused_service_is_a_reset_and_both_sides_say_why(wstun: Wstun,
     for _ in range(2):
         await expect_reset(port)
     reason = rf"127\.0\.0\.1:{closed}: connection refused"
-    await client.wait_for(rf"reverse 127\.0\.0\.1:0: connection from \S+ reset: {reason}")
+    await client.wait_for(rf"reverse 127\.0\.0\.1:{port}: connection from \S+ reset: {reason}")
     await server.wait_for(rf"the client refused it: 502 {reason}", count=2)
     assert not server.matches("protocol error"), server.log
 
@@ -279,9 +279,9 @@ async def test_a_cut_and_healed_connection_gets_its_port_back_at_once(wstun: Wst
         await client.wait_for(ON_SERVER)
         assert await echo(port) == b"ping"
         relay.cut()
-        await client.wait_for(r"reverse 127\.0\.0\.1:0 lost: ")
+        await client.wait_for(rf"reverse 127\.0\.0\.1:{port} lost: ")
         await client.wait_for(
-            rf"reverse 127\.0\.0\.1:0 back on 127\.0\.0\.1:{port} after 1 attempt$"
+            rf"reverse 127\.0\.0\.1:{port} back on 127\.0\.0\.1:{port} after 1 attempt$"
         )
         try:
             assert await echo(port, b"again") == b"again"
@@ -667,3 +667,23 @@ async def test_a_channel_closed_before_it_answers_hands_the_connection_on(wstun:
             writer.close()
     (line,) = await server.wait_for(LINE.format(side="s"))
     assert (line.group(1), line.group(2), line.group(3)) == ("11", "6", "eof")
+
+
+async def test_data_channels_come_back_after_opens_failed(wstun: Wstun, target) -> None:
+    """At the server's connection limit a replacement data channel is refused (503); once
+    slots are free again the client opens channels anew and connections get through."""
+    service = await target(echo_target())
+    # The control channel and the two idle data channels take every slot.
+    server, client, port = await reverse(
+        wstun, service, "--max-connections", "3", "--connect-timeout", "8"
+    )
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"a")
+    assert await asyncio.wait_for(reader.readexactly(1), TIMEOUT) == b"a"
+    await client.wait_for(r"can't open a data channel: 503 too many connections")
+    sock = writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()  # a reset: that channel is not reused
+    await server.wait_for(LINE.format(side="s"))
+    for payload in (b"one", b"two", b"three"):
+        assert await echo(port, payload) == payload
