@@ -147,6 +147,8 @@ class WebSocketDialer:
             exc, ssl.SSLCertVerificationError
         ):
             return None
+        if isinstance(exc, OSError) and not isinstance(exc, (*_DROPPED, ssl.SSLError)):
+            return None  # no connection at all (refused, unreachable): nothing to ask the port
         # The server closed or reset without an answer: ask the port the other question.
         address = (
             (config.connect_to.host, config.connect_to.port)
