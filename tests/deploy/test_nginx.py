@@ -171,3 +171,29 @@ async def test_the_pool_through_nginx_replaces_what_its_idle_timeout_cuts(
     lines = await server.wait_for(CLOSED.format(side="s"), count=7)
     assert [line.group(3) for line in lines] == ["eof"] * 7
     assert not client.matches(r"refused|can't|WARNING|ERROR")
+
+
+async def test_reverse_tunnels_through_nginx(wstun: Wstun, nginx: Nginx, target) -> None:
+    """-R through nginx: the control channel and the idle data channels outlive nginx's
+    1 s proxy_read_timeout on pings alone, and connections on the reverse port arrive
+    byte-exact, the laptop's service answering."""
+    port = await target(echo_target())
+    server, sport = await wstun.server(
+        "--path", "/tunnel", "--allow-listen", "127.0.0.1:*", "--ping-interval", "0.3"
+    )
+    nport = await nginx.start(sport, read_timeout="1s")
+    client = wstun.spawn(
+        [wstun.client_cmd, "-R", f"0:127.0.0.1:{port}", f"ws://127.0.0.1:{nport}/tunnel/",
+         "--ping-interval", "0.3"]
+    )  # fmt: skip
+    (match,) = await client.wait_for(r"allocated port (\d+) on the server")
+    reverse = int(match.group(1))
+    payload = os.urandom(1 << 20)
+    assert sha(await send_and_receive(reverse, payload)) == sha(payload)
+    await asyncio.sleep(3)  # the quiet period under test, three read timeouts
+    for size in (0, 10, 100_000):
+        data = os.urandom(size)
+        assert await send_and_receive(reverse, data) == data
+    lines = await server.wait_for(r"tunnel closed id=s\d+ kind=reverse .*end=(\S+)", count=4)
+    assert [line.group(1) for line in lines] == ["eof"] * 4
+    assert not client.matches(r"lost|WARNING|ERROR"), client.log
