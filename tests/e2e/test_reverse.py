@@ -687,3 +687,23 @@ async def test_data_channels_come_back_after_opens_failed(wstun: Wstun, target) 
     await server.wait_for(LINE.format(side="s"))
     for payload in (b"one", b"two", b"three"):
         assert await echo(port, payload) == payload
+
+
+async def test_no_port_sharing_across_workers(wstun: Wstun, target) -> None:
+    """Reverse listeners never use SO_REUSEPORT: with --workers 2, a second client asking
+    for the same port is refused with 409 (by whichever worker it reaches)."""
+    service = await target(echo_target())
+    _, sport = await wstun.server("--allow-listen", "127.0.0.1:*", "--workers", "2")
+    port = free_port()
+    url = f"ws://127.0.0.1:{sport}/"
+    first = wstun.spawn([wstun.client_cmd, "-R", f"{port}:127.0.0.1:{service}", url])
+    await first.wait_for(ON_SERVER)
+    for _ in range(3):  # new clients, each reaching either worker
+        other = wstun.spawn([wstun.client_cmd, "-R", f"{port}:127.0.0.1:{service}", url])
+        (refused,) = await other.wait_for(r"refused: 409 (.*); retrying")
+        assert refused.group(1) in (
+            f"127.0.0.1:{port} is held by another client",
+            f"can't listen on 127.0.0.1:{port}: address in use",
+        )
+        other.stop()
+    assert await echo(port, b"first") == b"first"
