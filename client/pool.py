@@ -38,11 +38,10 @@ from wstun.common.protocol import (
     CloseCode,
     ControlError,
     Open,
-    Opened,
     Refused,
     Target,
     encode_control,
-    parse_control,
+    parse_answer,
 )
 from wstun.common.streams import ByteStream, TunnelClientConnection, WebSocketStream
 from wstun.common.streams.internals import drop, lost_waiter
@@ -175,11 +174,7 @@ class PooledDialer:
             await self._close(channel, CloseCode.GOING_AWAY, "no answer to open")
             raise HandshakeError(0, f"server did not answer the open within {timeout:g}s") from None
         try:
-            if not isinstance(answer, str):
-                raise ControlError("payload before the answer to open")
-            control = parse_control(answer)
-            if not isinstance(control, Opened | Refused):
-                raise ControlError(f"unexpected {type(control).__name__.lower()} from the server")
+            control = parse_answer(answer, "the server")
         except ControlError as exc:
             await self._close(channel, CloseCode.PROTOCOL_ERROR, str(exc))
             raise HandshakeError(0, f"bad answer from server: {exc}") from None

@@ -46,6 +46,7 @@ __all__ = [
     "is_health_path",
     "normalize_prefix",
     "offers",
+    "parse_answer",
     "parse_control",
     "parse_listen",
     "parse_port",
@@ -485,6 +486,17 @@ def parse_control(text: str) -> Control:
     if isinstance(kind, str) and kind.isprintable() and len(kind) <= 32:
         raise ControlError(f"unknown control message type {kind!r}")
     raise ControlError("control message without a valid type")
+
+
+def parse_answer(message: str | bytes, sender: str) -> Opened | Refused:
+    """The answer to an ``open`` (``opened`` or ``refused``) from ``sender`` ("the
+    server", "a client"); :class:`ControlError` for anything else."""
+    if not isinstance(message, str):
+        raise ControlError("payload before the answer to open")
+    control = parse_control(message)
+    if not isinstance(control, Opened | Refused):
+        raise ControlError(f"unexpected {type(control).__name__.lower()} from {sender}")
+    return control
 
 
 def _one_line(text: str) -> str:

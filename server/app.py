@@ -252,34 +252,39 @@ class TunnelServer:
     ) -> bool:
         """One tunnel and its log line; True when it ended cleanly and ``ws`` stays open."""
         report = TunnelReport(new_tunnel_id("s"), connection.client_peer, str(target))
-        logger.debug("tunnel open id=%s peer=%s target=%s", report.id, report.peer, target)
-        await relay_and_report(
-            ws,
-            target_stream,
-            report,
-            logger,
-            read_size=self.config.read_size,
-            idle_timeout=self.config.idle_timeout,
-            names=("client", "target"),
-            cancel_reason="server shutting down",
-            counter=self.metrics,
-        )
-        return ws.reusable_now
+        return await self._relayed(ws, target_stream, ws, report, ("client", "target"))
 
     async def _relay_reverse(
         self, inbound: ByteStream, ws: WebSocketStream, report: TunnelReport
     ) -> bool:
         """One reverse tunnel: the connection on a lease's port, and the client's data
         channel; True when it ended cleanly and ``ws`` stays open."""
-        logger.debug("tunnel open id=%s kind=reverse peer=%s", report.id, report.peer)
+        return await self._relayed(inbound, ws, ws, report, ("application", "client"))
+
+    async def _relayed(
+        self,
+        a: ByteStream,
+        b: ByteStream,
+        ws: WebSocketStream,
+        report: TunnelReport,
+        names: tuple[str, str],
+    ) -> bool:
+        """Relay ``a`` (the side ``up`` comes from) and ``b``, one of which is ``ws``."""
+        logger.debug(
+            "tunnel open id=%s kind=%s peer=%s target=%s",
+            report.id,
+            report.kind,
+            report.peer,
+            report.target,
+        )
         await relay_and_report(
-            inbound,
-            ws,
+            a,
+            b,
             report,
             logger,
             read_size=self.config.read_size,
             idle_timeout=self.config.idle_timeout,
-            names=("application", "client"),
+            names=names,
             cancel_reason="server shutting down",
             counter=self.metrics,
         )

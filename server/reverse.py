@@ -42,11 +42,11 @@ from wstun.common.protocol import (
     Listen,
     Listening,
     Open,
-    Opened,
     Refused,
     Release,
     Target,
     encode_control,
+    parse_answer,
     parse_control,
 )
 from wstun.common.report import TunnelReport, format_peer, new_tunnel_id
@@ -345,11 +345,7 @@ class DataChannel:
             await self._close(CloseCode.GOING_AWAY, "no answer to open")
             return False
         try:
-            if not isinstance(answer, str):
-                raise ControlError("payload before the answer to open")
-            control = parse_control(answer)
-            if not isinstance(control, Opened | Refused):
-                raise ControlError(f"unexpected {_name(control)} from a client")
+            control = parse_answer(answer, "a client")
         except ControlError as exc:
             await stream.abort("client broke the protocol")
             await service.violation(connection, str(exc))

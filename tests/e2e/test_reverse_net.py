@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import pwd
 import re
-import shlex
 import shutil
 import signal
 import subprocess
@@ -29,6 +27,7 @@ from .test_stdio import (
     run,
     ssh_keys,  # noqa: F401  (a fixture, used by its name)
     ssh_options,
+    ssh_sessions,
     start_sshd,
 )
 
@@ -75,25 +74,8 @@ async def test_ssh_and_scp_through_a_reverse_port(
     # really reaches it through the port the server holds.
     (tmp_path / "known_hosts").write_text(f"[127.0.0.1]:{port} {host_pub}\n")
     opts = ssh_options(tmp_path, user_key, "none")  # ProxyCommand=none: a plain TCP dial
-    user = pwd.getpwuid(os.geteuid()).pw_name
-    destination = [*opts, "-p", str(port), f"{user}@127.0.0.1"]
-
-    assert await run(["ssh", *destination, "echo hello from; uname -s"]) == b"hello from\nLinux\n"
-
-    upload = os.urandom(1024 * 1024 + 7)
-    copy = tmp_path / "uploaded"
-    await run(["ssh", *destination, f"cat > {shlex.quote(str(copy))}"], stdin=upload)
-    assert sha(copy.read_bytes()) == sha(upload)
-
-    download = await run(["ssh", *destination, f"cat {shlex.quote(str(copy))}"])
-    assert sha(download) == sha(upload)
-
-    scp_source, scp_copy = tmp_path / "scp-source", tmp_path / "scp-copy"
-    scp_source.write_bytes(os.urandom(1024 * 1024 + 3))
-    await run(
-        ["scp", "-q", *opts, "-P", str(port), str(scp_source), f"{user}@127.0.0.1:{scp_copy}"]
-    )
-    assert sha(scp_copy.read_bytes()) == sha(scp_source.read_bytes())
+    size = 1024 * 1024 + 7
+    await ssh_sessions(opts, port, tmp_path, size)
 
     # Four sessions: four reverse tunnels, each ended cleanly on both sides. The
     # client's target is sshd; the server's peer is the ssh the client's line names.
@@ -108,9 +90,9 @@ async def test_ssh_and_scp_through_a_reverse_port(
     # The big transfers are counted where they went: up for cat > and scp, down for cat.
     ups = sorted(int(line.group(4)) for line in server_lines)
     downs = sorted(int(line.group(5)) for line in server_lines)
-    assert ups[-1] > len(upload)
-    assert ups[-2] > len(upload)
-    assert downs[-1] > len(download)
+    assert ups[-1] > size  # the cat upload and the scp one (1 MiB + 3)
+    assert ups[-2] > size
+    assert downs[-1] > size  # the cat download
     await sshd.wait_for(r"Accepted publickey for", count=4)
     assert len(sshd.matches(r"Accepted publickey for")) == 4
     assert not server.matches(r"lost|port closed"), server.log

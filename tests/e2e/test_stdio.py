@@ -363,23 +363,15 @@ async def run(argv: list[str], stdin: bytes = b"") -> bytes:
     return out
 
 
-async def test_ssh_through_proxycommand(
-    wstun: Wstun, tmp_path: Path, ssh_keys: tuple[Path, Path, str]
-) -> None:
-    """ssh with ProxyCommand='wstun-client -W %h:%p URL': a command, cat and scp, byte-exact."""
-    host_key, user_key, host_pub = ssh_keys
-    sshd, port = await start_sshd(wstun, tmp_path, host_key)
-    server, sport = await wstun.server("--allow", f"127.0.0.1:{port}")
-    # Only our sshd's key is trusted: the session really reaches it through the tunnel.
-    (tmp_path / "known_hosts").write_text(f"[127.0.0.1]:{port} {host_pub}\n")
-    proxy = f"{shlex.quote(wstun.client_cmd)} -W %h:%p ws://127.0.0.1:{sport}/"
-    opts = ssh_options(tmp_path, user_key, proxy)
+async def ssh_sessions(opts: list[str], port: int, tmp_path: Path, size: int) -> None:
+    """Four sessions to 127.0.0.1:port: a command; ``size`` random bytes up with cat and
+    back down with cat; a file up with scp; all byte-exact."""
     user = pwd.getpwuid(os.geteuid()).pw_name
     destination = [*opts, "-p", str(port), f"{user}@127.0.0.1"]
 
     assert await run(["ssh", *destination, "echo hello from; uname -s"]) == b"hello from\nLinux\n"
 
-    upload = os.urandom(2 * 1024 * 1024)
+    upload = os.urandom(size)
     copy = tmp_path / "uploaded"
     await run(["ssh", *destination, f"cat > {shlex.quote(str(copy))}"], stdin=upload)
     assert sha(copy.read_bytes()) == sha(upload)
@@ -393,6 +385,19 @@ async def test_ssh_through_proxycommand(
         ["scp", "-q", *opts, "-P", str(port), str(scp_source), f"{user}@127.0.0.1:{scp_copy}"]
     )
     assert sha(scp_copy.read_bytes()) == sha(scp_source.read_bytes())
+
+
+async def test_ssh_through_proxycommand(
+    wstun: Wstun, tmp_path: Path, ssh_keys: tuple[Path, Path, str]
+) -> None:
+    """ssh with ProxyCommand='wstun-client -W %h:%p URL': a command, cat and scp, byte-exact."""
+    host_key, user_key, host_pub = ssh_keys
+    sshd, port = await start_sshd(wstun, tmp_path, host_key)
+    server, sport = await wstun.server("--allow", f"127.0.0.1:{port}")
+    # Only our sshd's key is trusted: the session really reaches it through the tunnel.
+    (tmp_path / "known_hosts").write_text(f"[127.0.0.1]:{port} {host_pub}\n")
+    proxy = f"{shlex.quote(wstun.client_cmd)} -W %h:%p ws://127.0.0.1:{sport}/"
+    await ssh_sessions(ssh_options(tmp_path, user_key, proxy), port, tmp_path, 2 * 1024 * 1024)
 
     # Four ssh sessions, each one tunnel that ended cleanly on the server.
     lines = await server.wait_for(r"tunnel closed .*end=(\S+)", count=4)
