@@ -27,6 +27,7 @@ from wstun.client.reverse import ReverseForward
 from wstun.client.socks import SocksConnection, SocksProxy
 from wstun.client.status import ClientCounts, StatusLine
 from wstun.client.tunnel import Dialer, LocalEnd, Tunnel, TunnelSettings
+from wstun.client.udp import UdpListener, bind_udp
 from wstun.common.errors import HandshakeError, describe_os_error
 from wstun.common.metrics import TunnelMetrics, serve_metrics
 from wstun.common.protocol import Target
@@ -91,12 +92,26 @@ class TunnelClient:
             for remote in config.remotes
         ]
         self._holding: set[asyncio.Task[None]] = set()
+        # -L .../udp listeners, and their flows (which end at once on drain: UDP has
+        # no end of its own to wait for).
+        self._udp: list[UdpListener] = []
+        self._flows: set[asyncio.Task[object]] = set()
 
     async def start(self) -> list[tuple[Forward | SocksProxy, tuple[str, int]]]:
         """Bind every ``-L`` and ``-D`` listener; returns each with its bound address."""
         bound: list[tuple[Forward | SocksProxy, tuple[str, int]]] = []
         try:
             for forward in self.config.forwards:
+                if forward.proto == "udp":
+                    address = await self._listen_udp(forward)
+                    bound.append((forward, address))
+                    logger.info(
+                        "forwarding %s/udp -> %s/udp via %s",
+                        format_peer(address),
+                        forward.remote,
+                        self.config.url,
+                    )
+                    continue
                 on_accept = functools.partial(self._accepted, forward=forward)
                 for address in await self._listen(f"-L {forward}", forward.bind, on_accept):
                     bound.append((forward, address))
@@ -126,10 +141,37 @@ class TunnelClient:
             raise
         return bound
 
+    async def _listen_udp(self, forward: Forward) -> tuple[str, int]:
+        loop = asyncio.get_running_loop()
+        bind = forward.bind
+        try:
+            sock = bind_udp(bind.host, bind.port)
+            _, listener = await loop.create_datagram_endpoint(
+                lambda: UdpListener(
+                    forward,
+                    dialer=self._ws_dialer,
+                    timeout=self.config.udp_timeout,
+                    max_flows=self.config.max_udp_flows,
+                    log_failure=self.failures.log,
+                    start=self._start_flow,
+                    metrics=self.metrics,
+                ),
+                sock=sock,
+            )
+        except OSError as exc:
+            raise OSError(
+                exc.errno, f"-L {forward}: can't listen on {bind}/udp: {describe_os_error(exc)}"
+            ) from exc
+        listener.sock = sock
+        self._udp.append(listener)
+        assert listener.endpoint is not None
+        host, port = listener.endpoint.get_extra_info("sockname")[:2]
+        return str(host), int(port)
+
     def _reverse_done(self, task: asyncio.Task[None]) -> None:
         self._holding.discard(task)
         _report_crash(task)
-        if self._servers or any(forward.failed is None for forward in self.reverse):
+        if self._servers or self._udp or any(forward.failed is None for forward in self.reverse):
             return
         logger.error("no forward left: exiting")
         self.exit_status = 1
@@ -170,6 +212,12 @@ class TunnelClient:
         task.add_done_callback(_report_crash)
         task.add_done_callback(done or self._tunnels.discard)
 
+    def _start_flow(self, work: Callable[[], Coroutine[Any, Any, object]]) -> None:
+        task = asyncio.get_running_loop().create_task(work())
+        self._flows.add(task)
+        task.add_done_callback(_report_crash)
+        task.add_done_callback(self._flows.discard)
+
     def _accepted(self, local: TcpStream, forward: Forward) -> None:
         cap = self.config.max_tunnels
         if cap is not None and self._open.get(forward, 0) >= cap:
@@ -201,9 +249,13 @@ class TunnelClient:
         await asyncio.gather(*holding, return_exceptions=True)
 
     async def drain(self, grace: float) -> None:
-        """Stop listening, give open tunnels up to ``grace`` seconds, then :meth:`stop`."""
+        """Stop listening, give open tunnels up to ``grace`` seconds, then :meth:`stop`.
+        UDP flows have no end of their own to wait for: they end at once."""
         for server in self._servers:
             server.close()
+        for listener in self._udp:
+            listener.close()
+        await _cancel(self._flows)
         await self._release()
         if self._tunnels:
             logger.info("draining: %d tunnel(s) open, grace %gs", len(self._tunnels), grace)
@@ -223,6 +275,9 @@ class TunnelClient:
         await self._release()
         for server in self._servers:
             server.close()
+        for listener in self._udp:
+            listener.close()
+        await _cancel(self._flows)
         tunnels = list(self._tunnels)
         for task in tunnels:
             task.cancel()
@@ -244,6 +299,13 @@ def default_dialer(config: ClientConfig) -> Dialer:
     if config.pool <= 0:
         return fresh
     return PooledDialer(fresh, config.pool, idle=config.pool_idle, lifetime=config.pool_lifetime)
+
+
+async def _cancel(tasks: set[asyncio.Task[object]]) -> None:
+    running = list(tasks)
+    for task in running:
+        task.cancel()
+    await asyncio.gather(*running, return_exceptions=True)
 
 
 def _report_crash(task: asyncio.Task[object]) -> None:

@@ -29,6 +29,8 @@ from wstun.client.reverse import Remote, parse_remote
 from wstun.client.socks import SocksProxy
 from wstun.client.status import wanted
 from wstun.client.stdio import stdio_main
+from wstun.client.udp import DEFAULT_MAX_UDP_FLOWS
+from wstun.common.datagram import DEFAULT_UDP_TIMEOUT
 from wstun.common.errors import TargetError
 from wstun.common.options import (
     ENV_PREFIX,
@@ -115,7 +117,8 @@ def _check_url(ctx: click.Context, param: click.Parameter, value: str) -> str:
     type=_ForwardType(),
     multiple=True,
     help="Listen on BIND:PORT (BIND defaults to 127.0.0.1) and carry each connection "
-    "to HOST:HOSTPORT on the server's side (repeatable; IPv6 in brackets).",
+    "to HOST:HOSTPORT on the server's side (repeatable; IPv6 in brackets; a /udp "
+    "suffix forwards UDP datagrams).",
 )
 @click.option(
     "-R",
@@ -232,6 +235,21 @@ def _check_url(ctx: click.Context, param: click.Parameter, value: str) -> str:
     help="Idle data channels each -R keeps open, so a connection on the server's port "
     "needs no new WebSocket (more are opened when connections wait).",
 )
+@click.option(
+    "--udp-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=DEFAULT_UDP_TIMEOUT,
+    show_default=True,
+    help="Seconds a UDP flow (-L .../udp) lives without a datagram either way.",
+)
+@click.option(
+    "--max-udp-flows",
+    type=click.IntRange(min=1),
+    default=DEFAULT_MAX_UDP_FLOWS,
+    show_default=True,
+    help="UDP flows (source addresses) open at once per -L .../udp; datagrams from more "
+    "are dropped.",
+)
 @connect_timeout_option("Seconds to wait for the server's WebSocket handshake.")
 @common_options("wstun-client")
 @click.pass_context
@@ -257,6 +275,8 @@ def main(
     pool_idle: float,
     pool_lifetime: float,
     reverse_channels: int,
+    udp_timeout: float,
+    max_udp_flows: int,
     token_file: Path | None,
     idle_timeout: float,
     ping_interval: float,
@@ -322,6 +342,8 @@ def main(
         pool_idle=pool_idle,
         pool_lifetime=pool_lifetime,
         reverse_channels=reverse_channels,
+        udp_timeout=udp_timeout,
+        max_udp_flows=max_udp_flows,
     )
     if check:  # nothing connects: no TLS context, no --insecure warning
         click.echo(describe(config))

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 from wstun.client.forward import Forward
 from wstun.client.reverse import Remote
 from wstun.client.socks import Credentials, SocksProxy
+from wstun.common.datagram import DEFAULT_UDP_TIMEOUT
 from wstun.common.errors import ConfigError
 from wstun.common.protocol import Target
 from wstun.common.streams import DEFAULT_READ_SIZE
@@ -86,6 +87,9 @@ class ClientConfig:
     pool_lifetime: float = DEFAULT_LIFETIME
     #: Idle data channels each -R forward keeps open, so a connection needs no upgrade.
     reverse_channels: int = DEFAULT_REVERSE_CHANNELS
+    #: UDP: seconds a flow lives without a datagram; flows at once per listener.
+    udp_timeout: float = DEFAULT_UDP_TIMEOUT
+    max_udp_flows: int = 1024
 
     @property
     def secure(self) -> bool:
@@ -197,5 +201,10 @@ def describe(config: ClientConfig) -> str:
         lines.append("pool: off")
     if config.remotes:
         lines.append(f"reverse channels: {config.reverse_channels} idle per -R")
+    if any(forward.proto == "udp" for forward in config.forwards):
+        lines.append(
+            f"udp: flows end after {config.udp_timeout:g}s idle, "
+            f"at most {config.max_udp_flows} per listener"
+        )
     lines.append(f"metrics: {config.metrics_listen or 'off'}")
     return "\n".join(lines)

@@ -12,7 +12,14 @@ import ipaddress
 
 from wstun.client.tunnel import LocalEnd
 from wstun.common.errors import HandshakeError, TargetError
-from wstun.common.protocol import Target, format_target, parse_listen, parse_port, parse_target
+from wstun.common.protocol import (
+    Target,
+    format_target,
+    parse_listen,
+    parse_port,
+    parse_target,
+    split_proto,
+)
 from wstun.common.report import format_peer
 from wstun.common.streams import ByteStream, TcpStream
 
@@ -25,9 +32,12 @@ class Forward:
 
     bind: Target
     remote: Target
+    #: ``tcp``, or ``udp`` for ``.../udp`` (client/udp.py).
+    proto: str = "tcp"
 
     def __str__(self) -> str:
-        return f"{self.bind} -> {self.remote}"
+        suffix = "/udp" if self.proto == "udp" else ""
+        return f"{self.bind}{suffix} -> {self.remote}{suffix}"
 
 
 def _split_colons(text: str) -> list[str]:
@@ -62,7 +72,10 @@ def _bracketed(parts: list[str]) -> str | None:
 
 
 def parse_forward(text: str, *, default_bind: str = "127.0.0.1") -> Forward:
-    """Parse ``[BIND:]PORT:HOST:HOSTPORT`` (IPv6 in brackets), as ssh's ``-L``."""
+    """Parse ``[BIND:]PORT:HOST:HOSTPORT`` (IPv6 in brackets), as ssh's ``-L``; a
+    ``/udp`` suffix makes it a UDP forward (``/tcp``: the default, said)."""
+    original = text
+    text, proto = split_proto(text)
     parts = _split_colons(text)
     if len(parts) == 3:
         bind_host = default_bind
@@ -75,10 +88,10 @@ def parse_forward(text: str, *, default_bind: str = "127.0.0.1") -> Forward:
     elif len(parts) > 4 and _bracketed(parts) is not None:
         raise TargetError(f"IPv6 addresses need brackets, e.g. {_bracketed(parts)}, got {text!r}")
     else:
-        raise TargetError(f"expected [BIND:]PORT:HOST:HOSTPORT, got {text!r}")
-    bind_port = parse_port(port, what=f"listen port in {text!r}", allow_zero=True)
+        raise TargetError(f"expected [BIND:]PORT:HOST:HOSTPORT, got {original!r}")
+    bind_port = parse_port(port, what=f"listen port in {original!r}", allow_zero=True)
     bind = parse_listen(format_target(bind_host, bind_port))
-    return Forward(bind, parse_target(f"{host}:{host_port}"))
+    return Forward(bind, parse_target(f"{host}:{host_port}"), proto)
 
 
 class ForwardedConnection(LocalEnd):

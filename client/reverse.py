@@ -97,6 +97,8 @@ def parse_remote(text: str) -> Remote:
     """``[BIND:]PORT:HOST:HOSTPORT`` as ssh's ``-R``: BIND:PORT on the server (an
     address; ``localhost`` is 127.0.0.1), HOST:HOSTPORT as this client sees it."""
     forward = parse_forward(text)
+    if forward.proto == "udp":
+        raise TargetError(f"UDP reverse forwards (-R .../udp) are not supported yet: {text!r}")
     bind = forward.bind
     if bind.host == "localhost":
         bind = Target("127.0.0.1", bind.port)

@@ -22,6 +22,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
+from wstun.common.datagram import FlowEnd, FlowReport
 from wstun.common.protocol import Target, format_target
 from wstun.common.report import TunnelEnd, TunnelReport
 
@@ -36,10 +37,15 @@ KINDS = ("forward", "reverse")
 class TunnelMetrics:
     """Counters for one side (``side`` is ``server`` or ``client``).
 
-    - ``wstun_<side>_tunnels_opened_total{kind}``: tunnels that started relaying
-    - ``wstun_<side>_tunnels_active{kind}``: tunnels relaying right now
-    - ``wstun_<side>_tunnels_ended_total{kind,end}``: ``eof``, ``error``, ``idle-timeout``
-    - ``wstun_<side>_payload_bytes_total{kind,direction}``: ``up`` (the application
+    - ``wstun_<side>_tunnels_opened_total{kind,proto}``: tunnels (``proto="tcp"``)
+      and UDP flows (``"udp"``) that started relaying
+    - ``wstun_<side>_tunnels_active{kind,proto}``: relaying right now
+    - ``wstun_<side>_tunnels_ended_total{kind,proto,end}``: ``eof``, ``error``,
+      ``idle-timeout`` (TCP); ``timeout``, ``closed``, ``error`` (UDP)
+    - ``wstun_<side>_datagrams_total{proto,direction}``,
+      ``wstun_<side>_datagrams_dropped_total{proto,direction}``: UDP datagrams
+      relayed, and dropped under overload
+    - ``wstun_<side>_payload_bytes_total{kind,proto,direction}``: ``up`` (the application
       that opened the connection to the far end: client application to target
       for ``forward``, the application on the server's port to the client's
       service for ``reverse``) and ``down``, payload only
@@ -54,16 +60,31 @@ class TunnelMetrics:
         self.registry = CollectorRegistry(auto_describe=True)
         prefix = f"wstun_{side}"
         reg = self.registry
-        self.opened = Counter(f"{prefix}_tunnels_opened", "Tunnels opened.", ["kind"], registry=reg)
-        self.active = Gauge(f"{prefix}_tunnels_active", "Tunnels open now.", ["kind"], registry=reg)
+        labels = ["kind", "proto"]
+        self.opened = Counter(
+            f"{prefix}_tunnels_opened", "Tunnels (and UDP flows) opened.", labels, registry=reg
+        )
+        self.active = Gauge(f"{prefix}_tunnels_active", "Tunnels open now.", labels, registry=reg)
         self.ended = Counter(
-            f"{prefix}_tunnels_ended", "Tunnels ended, by how.", ["kind", "end"], registry=reg
+            f"{prefix}_tunnels_ended", "Tunnels ended, by how.", [*labels, "end"], registry=reg
         )
         self.payload = Counter(
             f"{prefix}_payload_bytes",
             "Payload bytes relayed (framing excluded); up = from the application that "
             "opened the connection.",
-            ["kind", "direction"],
+            [*labels, "direction"],
+            registry=reg,
+        )
+        self.datagrams = Counter(
+            f"{prefix}_datagrams",
+            "UDP datagrams relayed; up = from the client's application.",
+            ["proto", "direction"],
+            registry=reg,
+        )
+        self.dropped = Counter(
+            f"{prefix}_datagrams_dropped",
+            "UDP datagrams dropped because a queue was full.",
+            ["proto", "direction"],
             registry=reg,
         )
         self.handshake_failures = Counter(
@@ -72,24 +93,47 @@ class TunnelMetrics:
             ["status"],
             registry=reg,
         )
+        ends = {
+            "tcp": [end.value for end in (TunnelEnd.EOF, TunnelEnd.ERROR, TunnelEnd.IDLE_TIMEOUT)],
+            "udp": [FlowEnd.TIMEOUT, FlowEnd.CLOSED, FlowEnd.ERROR],
+        }
         for kind in KINDS:
-            self.opened.labels(kind)
-            self.active.labels(kind)
-            for direction in ("up", "down"):
-                self.payload.labels(kind, direction)
-            for end in (TunnelEnd.EOF, TunnelEnd.ERROR, TunnelEnd.IDLE_TIMEOUT):
-                self.ended.labels(kind, end.value)
+            for proto in ("tcp", "udp"):
+                self.opened.labels(kind, proto)
+                self.active.labels(kind, proto)
+                for direction in ("up", "down"):
+                    self.payload.labels(kind, proto, direction)
+                for end in ends[proto]:
+                    self.ended.labels(kind, proto, end)
+        for direction in ("up", "down"):
+            self.datagrams.labels("udp", direction)
+            self.dropped.labels("udp", direction)
 
     def tunnel_opened(self, report: TunnelReport) -> None:
-        self.opened.labels(report.kind).inc()
-        self.active.labels(report.kind).inc()
+        self.opened.labels(report.kind, "tcp").inc()
+        self.active.labels(report.kind, "tcp").inc()
 
     def tunnel_ended(self, report: TunnelReport) -> None:
         """Count a finished tunnel: its end and its exact payload counts."""
-        self.active.labels(report.kind).dec()
-        self.ended.labels(report.kind, report.end.value).inc()
-        self.payload.labels(report.kind, "up").inc(report.up)
-        self.payload.labels(report.kind, "down").inc(report.down)
+        self.active.labels(report.kind, "tcp").dec()
+        self.ended.labels(report.kind, "tcp", report.end.value).inc()
+        self.payload.labels(report.kind, "tcp", "up").inc(report.up)
+        self.payload.labels(report.kind, "tcp", "down").inc(report.down)
+
+    def flow_opened(self, report: FlowReport) -> None:
+        self.opened.labels(report.kind, "udp").inc()
+        self.active.labels(report.kind, "udp").inc()
+
+    def flow_ended(self, report: FlowReport) -> None:
+        """Count a finished UDP flow: its end, payload, datagrams and drops each way."""
+        self.active.labels(report.kind, "udp").dec()
+        self.ended.labels(report.kind, "udp", report.end).inc()
+        self.payload.labels(report.kind, "udp", "up").inc(report.up)
+        self.payload.labels(report.kind, "udp", "down").inc(report.down)
+        self.datagrams.labels("udp", "up").inc(report.datagrams_up)
+        self.datagrams.labels("udp", "down").inc(report.datagrams_down)
+        self.dropped.labels("udp", "up").inc(report.dropped_up)
+        self.dropped.labels("udp", "down").inc(report.dropped_down)
 
     def handshake_failed(self, status: int) -> None:
         self.handshake_failures.labels(str(status)).inc()

@@ -24,6 +24,7 @@ __all__ = [
     "QUERY_TARGET",
     "SUBPROTOCOL",
     "SUBPROTOCOL_REVERSE",
+    "SUBPROTOCOL_UDP",
     "SUBPROTOCOL_V2",
     "Attach",
     "CloseCode",
@@ -53,6 +54,7 @@ __all__ = [
     "parse_target",
     "path_matches",
     "probe_url",
+    "split_proto",
     "target_from_query",
 ]
 
@@ -65,6 +67,9 @@ SUBPROTOCOL_V2 = "wstun.v2"
 
 #: Subprotocol of a reverse tunnel's WebSockets: its control channel and its data channels.
 SUBPROTOCOL_REVERSE = "wstun.reverse.v1"
+
+#: Subprotocol of a UDP flow: every binary message is one datagram, the empty one included.
+SUBPROTOCOL_UDP = "wstun.udp.v1"
 
 #: Largest control message (a text message under wstun.v2 or wstun.reverse.v1), in bytes.
 MAX_CONTROL_SIZE = 1024
@@ -206,6 +211,18 @@ def _split_host_port(text: str) -> tuple[str, str]:
     if ":" in host:
         raise TargetError(f"IPv6 addresses need brackets, e.g. [::1]:80, got {text!r}")
     return host, port
+
+
+#: The protocols a rule (``HOST:PORTS/udp``) or a forward (``-L 53:dns:53/udp``) names.
+PROTOCOLS = ("tcp", "udp")
+
+
+def split_proto(text: str) -> tuple[str, str]:
+    """``(text, proto)`` of a ``.../udp`` or ``.../tcp`` pattern or forward (TCP without)."""
+    head, slash, tail = text.rpartition("/")
+    if slash and tail.lower() in PROTOCOLS and ":" in head.rpartition("]")[2]:
+        return head, tail.lower()
+    return text, "tcp"
 
 
 def parse_target(text: str) -> Target:

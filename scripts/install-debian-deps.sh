@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install the Debian packages that tests and benchmarks run as real peers
-# (nginx, tinyproxy, sshd, curl, iperf3, redis, wrk, socat, iproute2), when
-# any is missing. Services are not started by the install: the tests start
+# (nginx, tinyproxy, sshd, curl, iperf3, redis, wrk, socat, iproute2, dnsmasq,
+# dig), when any is missing. Services are not started by the install: the tests start
 # their own on loopback ports. Needs root (or sudo) and apt-get.
 set -euo pipefail
 
@@ -18,6 +18,8 @@ declare -A PACKAGES=(
     [redis-benchmark]=redis-tools
     [wrk]=wrk
     [socat]=socat
+    [dnsmasq]=dnsmasq-base
+    [dig]=bind9-dnsutils
 )
 
 missing=()

@@ -21,17 +21,21 @@ from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
 from wstun.common import __version__
+from wstun.common.datagram import DatagramFlow, FlowReport
 from wstun.common.metrics import serve_metrics
 from wstun.common.protocol import (
     CHECK_HEADER,
     SUBPROTOCOL,
     SUBPROTOCOL_REVERSE,
+    SUBPROTOCOL_UDP,
     SUBPROTOCOL_V2,
+    CloseCode,
     Failure,
     HandshakeRejection,
     Target,
     format_target,
     is_health_path,
+    offers,
 )
 from wstun.common.report import TunnelReport, format_peer, new_tunnel_id, relay_and_report
 from wstun.common.runtime import serve_until
@@ -187,6 +191,12 @@ class TunnelServer:
         lost_waiter(connection).add_done_callback(lambda _: self.limits.release(client))
         if checked is None:
             return None  # wstun.v2 without a target: tunnels will be opened in-band
+        if offers(request.headers.get_all("Sec-WebSocket-Protocol"), SUBPROTOCOL_UDP):
+            udp = await self.targets.dial_udp(checked)
+            if isinstance(udp, HandshakeRejection):
+                return self._reject(connection, udp)
+            connection.udp_socket, connection.target = udp, checked
+            return None
         dialled = await self.targets.dial(checked)
         if isinstance(dialled, HandshakeRejection):
             return self._reject(connection, dialled)
@@ -214,6 +224,8 @@ class TunnelServer:
             await self._channel(connection, first)
         elif connection.subprotocol == SUBPROTOCOL_REVERSE:
             await self.reverse.serve(connection)
+        elif connection.subprotocol == SUBPROTOCOL_UDP:
+            await self._udp_flow(connection)
         elif first is not None:
             ws = WebSocketStream(
                 connection,
@@ -253,6 +265,24 @@ class TunnelServer:
         """One tunnel and its log line; True when it ended cleanly and ``ws`` stays open."""
         report = TunnelReport(new_tunnel_id("s"), connection.client_peer, str(target))
         return await self._relayed(ws, target_stream, ws, report, ("client", "target"))
+
+    async def _udp_flow(self, connection: HandshakeConnection) -> None:
+        """A UDP flow: datagrams between the WebSocket and the target's socket."""
+        udp, connection.udp_socket = connection.udp_socket, None
+        if udp is None or connection.target is None:
+            await connection.close(CloseCode.PROTOCOL_ERROR, "no UDP target")
+            return
+        report = FlowReport(new_tunnel_id("s"), connection.client_peer, f"{connection.target}/udp")
+        flow = DatagramFlow(
+            connection, udp.send, report, outbound="down", timeout=self.config.udp_timeout
+        )
+        udp.attach(flow)
+        self.metrics.flow_opened(report)
+        try:
+            await flow.run(logger)
+        finally:
+            udp.close()
+            self.metrics.flow_ended(report)
 
     async def _relay_reverse(
         self, inbound: ByteStream, ws: WebSocketStream, report: TunnelReport
@@ -305,6 +335,7 @@ class TunnelServer:
             subprotocols=[
                 Subprotocol(SUBPROTOCOL_V2),
                 Subprotocol(SUBPROTOCOL_REVERSE),
+                Subprotocol(SUBPROTOCOL_UDP),
                 Subprotocol(SUBPROTOCOL),
             ],
             **{**WS_OPTIONS, "max_size": cfg.max_message_size},
@@ -389,7 +420,7 @@ def _select_subprotocol(
     connection: ServerConnection, offered: Sequence[Subprotocol]
 ) -> Subprotocol | None:
     """The newest wstun protocol offered; plain binary tunnels for everyone else."""
-    for known in (SUBPROTOCOL_V2, SUBPROTOCOL_REVERSE, SUBPROTOCOL):
+    for known in (SUBPROTOCOL_V2, SUBPROTOCOL_REVERSE, SUBPROTOCOL_UDP, SUBPROTOCOL):
         if known in offered:
             return Subprotocol(known)
     return None

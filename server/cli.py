@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from wstun.common.datagram import DEFAULT_UDP_TIMEOUT
 from wstun.common.options import (
     ENV_PREFIX,
     LISTEN,
@@ -65,7 +66,8 @@ logger = logging.getLogger("wstun.server")
     multiple=True,
     metavar="PATTERN",
     help="Target clients may reach: HOST:PORT, HOST:LOW-HIGH, HOST:*, *.SUFFIX:PORT, "
-    "CIDR:PORT ([fd00::/8]:* for IPv6), *:* (repeatable). "
+    "CIDR:PORT ([fd00::/8]:* for IPv6), *:* (repeatable); a /udp suffix for UDP "
+    "(a rule is for TCP or for UDP, never both). "
     "Nothing is allowed unless allowed here, by --policy-file or by --to.",
 )
 @click.option(
@@ -105,6 +107,13 @@ logger = logging.getLogger("wstun.server")
     default=DEFAULT_MAX_PENDING,
     show_default=True,
     help="Connections on a reverse port that may wait for the client; more are reset.",
+)
+@click.option(
+    "--udp-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=DEFAULT_UDP_TIMEOUT,
+    show_default=True,
+    help="Seconds a UDP flow lives without a datagram either way.",
 )
 @click.option(
     "--policy-file",
@@ -186,6 +195,7 @@ def main(
     reverse_grace: float,
     reverse_max_leases: int,
     reverse_max_pending: int,
+    udp_timeout: float,
     policy_file: Path | None,
     default_target: Target | None,
     connect_timeout: float,
@@ -245,6 +255,7 @@ def main(
         reverse_grace=reverse_grace,
         reverse_max_leases=reverse_max_leases,
         reverse_max_pending=reverse_max_pending,
+        udp_timeout=udp_timeout,
     )
     if check:
         click.echo(describe(config))

@@ -10,6 +10,7 @@ import dataclasses
 import ssl
 from pathlib import Path
 
+from wstun.common.datagram import DEFAULT_UDP_TIMEOUT
 from wstun.common.errors import ConfigError, TargetError
 from wstun.common.protocol import Target, normalize_prefix
 from wstun.common.streams import DEFAULT_READ_SIZE, WS_MAX_SIZE
@@ -65,6 +66,8 @@ class ServerConfig:
     reverse_grace: float = DEFAULT_REVERSE_GRACE
     reverse_max_leases: int = DEFAULT_MAX_LEASES
     reverse_max_pending: int = DEFAULT_MAX_PENDING
+    #: Seconds a UDP flow lives without a datagram either way.
+    udp_timeout: float = DEFAULT_UDP_TIMEOUT
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "path", normalize_prefix(self.path))
@@ -87,6 +90,7 @@ def describe(config: ServerConfig) -> str:
             f"deny: {denied}",
             f"allow listen: {listen}",
             f"reverse grace: {config.reverse_grace:g}s",
+            f"udp timeout: {config.udp_timeout:g}s",
             f"reverse max leases per client: {config.reverse_max_leases}",
             f"reverse max pending per lease: {config.reverse_max_pending}",
             f"default target: {config.default_target or '(none)'}",

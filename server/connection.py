@@ -23,6 +23,7 @@ from wstun.common.report import format_peer
 from wstun.common.streams import TcpStream, TunnelServerConnection
 from wstun.common.streams.internals import ParseFailure, route_answers
 from wstun.server.badinput import parse_failure_rejection
+from wstun.server.udp import UdpSocket
 
 __all__ = ["HandshakeConnection", "Reject", "connection_class"]
 
@@ -52,6 +53,8 @@ class HandshakeConnection(TunnelServerConnection):
         route_answers(protocol, self)
         super().__init__(protocol, *args, **kwargs)
         self.target_stream: TcpStream | None = None
+        # A UDP flow's connected socket to its target, until the handler takes it.
+        self.udp_socket: UdpSocket | None = None
         # The target that target_stream is connected to.
         self.target: Target | None = None
         # The real client's address (host:port), set during the handshake.
@@ -64,6 +67,9 @@ class HandshakeConnection(TunnelServerConnection):
         stream, self.target_stream = self.target_stream, None
         if stream is not None:
             self.loop.create_task(stream.abort("handshake did not complete"))
+        udp, self.udp_socket = self.udp_socket, None
+        if udp is not None:
+            udp.close()
 
     def tls_handshake_received(self) -> None:
         type(self).server_tls_hint(self)

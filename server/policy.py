@@ -37,7 +37,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from wstun.common.errors import TargetError
-from wstun.common.protocol import Target, format_target, parse_port, parse_target
+from wstun.common.protocol import Target, format_target, parse_port, parse_target, split_proto
 from wstun.server.addresses import IPAddress, IPNetwork, parse_ip
 
 __all__ = [
@@ -76,9 +76,12 @@ class Rule:
     high: int
     text: str
     network: IPNetwork | None = None
+    #: ``tcp`` (no suffix, or ``/tcp``), ``udp`` (``/udp``); ``any`` for built-in rules.
+    proto: str = "tcp"
 
-    def matches_port(self, port: int) -> bool:
-        return self.low <= port <= self.high
+    def matches_port(self, port: int, proto: str = "tcp") -> bool:
+        """The port, for this protocol: a TCP rule never allows UDP, nor the reverse."""
+        return self.proto in (proto, "any") and self.low <= port <= self.high
 
     def matches_name(self, name: str) -> bool:
         """Whether this rule matches a target *name* (never true for address rules)."""
@@ -174,13 +177,14 @@ def _network(host: str, text: str, bracketed: bool) -> IPNetwork | None:
 def parse_rule(text: str) -> Rule:
     """Parse an ``--allow``/``--deny`` pattern; raises :class:`TargetError` naming it."""
     text = text.strip()
-    host, ports, bracketed = _split_rule(text)
+    pattern, proto = split_proto(text)
+    host, ports, bracketed = _split_rule(pattern)
     low, high = _parse_ports(ports, text)
     if host == "*":
-        return Rule(HostKind.ANY, "*", low, high, text)
+        return Rule(HostKind.ANY, "*", low, high, text, proto=proto)
     network = _network(host, text, bracketed)
     if network is not None:
-        return Rule(HostKind.NETWORK, str(network), low, high, text, network)
+        return Rule(HostKind.NETWORK, str(network), low, high, text, network, proto)
     kind, name = HostKind.NAME, host
     if host.startswith("*."):
         kind, name = HostKind.SUFFIX, host[2:]
@@ -189,7 +193,8 @@ def parse_rule(text: str) -> Rule:
     except TargetError:
         raise TargetError(f"bad rule {text!r}: {host!r} is not a host name pattern") from None
     canonical = _canonical_name(name)
-    return Rule(kind, "." + canonical if kind is HostKind.SUFFIX else canonical, low, high, text)
+    host = "." + canonical if kind is HostKind.SUFFIX else canonical
+    return Rule(kind, host, low, high, text, proto=proto)
 
 
 def parse_listen_rule(text: str) -> Rule:
@@ -205,14 +210,18 @@ def parse_listen_rule(text: str) -> Rule:
 
 #: Denied unless an allow rule names the address or network explicitly.
 BUILTIN_DENY: tuple[Rule, ...] = tuple(
-    dataclasses.replace(parse_rule(pattern), text=f"{pattern} (built-in: link-local/metadata)")
+    dataclasses.replace(
+        parse_rule(pattern), text=f"{pattern} (built-in: link-local/metadata)", proto="any"
+    )
     for pattern in ("169.254.0.0/16:*", "[fe80::/10]:*", "[fd00:ec2::254]:*")
 )
 
 
-def _first(rules: Iterable[Rule], name: str | None, address: IPAddress, port: int) -> Rule | None:
+def _first(
+    rules: Iterable[Rule], name: str | None, address: IPAddress, port: int, proto: str
+) -> Rule | None:
     for rule in rules:
-        if not rule.matches_port(port):
+        if not rule.matches_port(port, proto):
             continue
         if rule.matches_address(address) or (name is not None and rule.matches_name(name)):
             return rule
@@ -260,41 +269,49 @@ class Policy:
             return ()
         return tuple(rule for rule in self.allow_listen if rule.matches_address(address))
 
-    def may_listen(self, bind: str, port: int) -> bool:
+    def may_listen(self, bind: str, port: int, proto: str = "tcp") -> bool:
         """Whether a client may have the server listen on ``bind``:``port``
         (port 0: on some port the rules allow)."""
-        return any(port == 0 or rule.matches_port(port) for rule in self.listen_rules(bind))
+        return any(
+            rule.proto == proto and (port == 0 or rule.matches_port(port, proto))
+            for rule in self.listen_rules(bind)
+        )
 
     @property
     def rules(self) -> tuple[Rule, ...]:
         """The allow rules (nothing is allowed without one)."""
         return self.allow
 
-    def may_allow(self, target: Target) -> bool:
+    def may_allow(self, target: Target, proto: str = "tcp") -> bool:
         """Whether any address of ``target`` could be allowed; ``False`` saves a lookup."""
         if _address(target.host) is not None:
             return True
         return any(
-            rule.matches_port(target.port)
+            rule.matches_port(target.port, proto)
             and (rule.kind is HostKind.NETWORK or rule.matches_name(target.host))
             for rule in self.allow
         )
 
-    def _deny_rule(self, name: str | None, address: IPAddress, port: int) -> Rule | None:
-        rule = _first(self.deny, name, address, port)
+    def _deny_rule(
+        self, name: str | None, address: IPAddress, port: int, proto: str
+    ) -> Rule | None:
+        rule = _first(self.deny, name, address, port, proto)
         if rule is not None:
             return rule
-        builtin = _first(BUILTIN_DENY, None, address, port)
+        builtin = _first(BUILTIN_DENY, None, address, port, proto)
         if builtin is None:
             return None
         explicit = any(
-            r.kind is HostKind.NETWORK and r.matches_port(port) and r.matches_address(address)
+            r.kind is HostKind.NETWORK
+            and r.matches_port(port, proto)
+            and r.matches_address(address)
             for r in self.allow
         )
         return None if explicit else builtin
 
-    def decide(self, target: Target, addresses: Sequence[str]) -> Decision:
-        """Which of ``addresses`` (what ``target`` resolved to) may be dialled.
+    def decide(self, target: Target, addresses: Sequence[str], proto: str = "tcp") -> Decision:
+        """Which of ``addresses`` (what ``target`` resolved to) may be dialled, for
+        ``proto`` (``tcp`` or ``udp``: a rule is for one of them).
 
         For an address target, pass ``[target.host]``. Pure: no DNS here.
         """
@@ -306,30 +323,31 @@ class Policy:
             address = _address(text)
             if address is None:
                 continue
-            deny = self._deny_rule(name, address, target.port)
+            deny = self._deny_rule(name, address, target.port, proto)
             if deny is not None:
                 denied_by = deny
                 continue
-            allow = _first(self.allow, name, address, target.port)
+            allow = _first(self.allow, name, address, target.port, proto)
             if allow is not None:
                 allowed.append(text)
                 allowed_by = allowed_by or allow
         if allowed:
             return Decision(tuple(allowed), allowed_by, f"allowed by {allowed_by}")
         if denied_by is not None:
-            return Decision((), denied_by, f"target not allowed: {target} (denied by {denied_by})")
-        return Decision((), None, self.refusal(target))
+            shown = _shown(target, proto)
+            return Decision((), denied_by, f"target not allowed: {shown} (denied by {denied_by})")
+        return Decision((), None, self.refusal(target, proto))
 
-    def refusal(self, target: Target) -> str:
+    def refusal(self, target: Target, proto: str = "tcp") -> str:
         """Why no allow rule lets ``target`` through, in one fact the client can act on.
 
         Never the rules themselves: the refusal goes to clients who may not
         be trusted with them (the server's log has them, :meth:`rules_text`).
         """
-        reason = f"target not allowed: {target}"
-        for_port = [rule for rule in self.allow if rule.matches_port(target.port)]
+        reason = f"target not allowed: {_shown(target, proto)}"
+        for_port = [rule for rule in self.allow if rule.matches_port(target.port, proto)]
         if not for_port:
-            return f"{reason} (no rule allows port {target.port})"
+            return f"{reason} (no rule allows port {_shown_port(target.port, proto)})"
         by_name = all(rule.kind in (HostKind.NAME, HostKind.SUFFIX) for rule in for_port)
         if _address(target.host) is not None and by_name:
             return (
@@ -348,6 +366,15 @@ class Policy:
         allow = ", ".join(str(rule) for rule in self.allow) or "(none)"
         deny = ", ".join(str(rule) for rule in self.deny) or "(none)"
         return f"allow {allow}; deny {deny}"
+
+
+def _shown(target: Target, proto: str) -> str:
+    """A target in messages: ``db:5432``, ``dns:53/udp``."""
+    return f"{target}/udp" if proto == "udp" else str(target)
+
+
+def _shown_port(port: int, proto: str) -> str:
+    return f"{port}/udp" if proto == "udp" else str(port)
 
 
 def load_policy_file(path: Path) -> Policy:

@@ -21,6 +21,7 @@ from wstun.common.errors import describe_os_error
 from wstun.common.protocol import Failure, HandshakeRejection, Target
 from wstun.common.streams import TcpStream, open_tcp
 from wstun.server.policy import Policy
+from wstun.server.udp import UdpSocket, open_udp
 
 __all__ = ["Resolver", "TargetDialer", "dial_first", "resolve"]
 
@@ -80,10 +81,13 @@ class TargetDialer:
         self._resolve = resolver
         self._observe_dial = observe_dial
 
-    async def _addresses(self, target: Target) -> Sequence[str] | HandshakeRejection:
-        """Resolve ``target`` and keep the addresses the policy allows (403 if none)."""
-        if not self.policy.may_allow(target):
-            return self._forbidden(self.policy.refusal(target))
+    async def _addresses(
+        self, target: Target, proto: str = "tcp"
+    ) -> Sequence[str] | HandshakeRejection:
+        """Resolve ``target`` and keep the addresses the policy allows for ``proto``
+        (403 if none)."""
+        if not self.policy.may_allow(target, proto):
+            return self._forbidden(self.policy.refusal(target, proto))
         try:
             resolved = await self._resolve(target.host, target.port)
         except OSError as exc:
@@ -91,7 +95,7 @@ class TargetDialer:
                 Failure.TARGET_UNREACHABLE,
                 f"target {target}: name does not resolve ({describe_os_error(exc)})",
             )
-        decision = self.policy.decide(target, resolved)
+        decision = self.policy.decide(target, resolved, proto)
         if not decision.allowed:
             return self._forbidden(decision.reason)
         return decision.addresses
@@ -122,3 +126,22 @@ class TargetDialer:
         finally:
             if started is not None:  # a dial happened (policy refusals are not dials)
                 self._observe_dial(time.monotonic() - started)
+
+    async def dial_udp(self, target: Target) -> UdpSocket | HandshakeRejection:
+        """Resolve and check ``target`` under the ``/udp`` rules; a UDP socket connected
+        to the first address kept (a UDP connect sends nothing: it can't be refused)."""
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                addresses = await self._addresses(target, "udp")
+                if isinstance(addresses, HandshakeRejection):
+                    return addresses
+                return await open_udp(addresses[0], target.port)
+        except TimeoutError:
+            return HandshakeRejection(
+                Failure.TARGET_TIMEOUT,
+                f"target {target} did not resolve within {self.connect_timeout:g}s",
+            )
+        except OSError as exc:
+            return HandshakeRejection(
+                Failure.TARGET_UNREACHABLE, f"target {target}/udp: {describe_os_error(exc)}"
+            )

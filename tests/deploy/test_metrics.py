@@ -53,12 +53,17 @@ async def test_counts_match_a_known_workload(wstun: Wstun, target) -> None:
     ups, downs = sum(up for up, _ in WORKLOAD), sum(down for _, down in WORKLOAD)
     for process, side in ((server, "server"), (client, "client")):
         metrics = Metrics(await scrape(process), side)
-        assert metrics.value("tunnels_opened_total", kind="forward") == 3
-        assert metrics.value("tunnels_active", kind="forward") == 0
-        assert metrics.value("tunnels_ended_total", kind="forward", end="eof") == 3
-        assert metrics.value("tunnels_ended_total", kind="forward", end="error") == 0
-        assert metrics.value("payload_bytes_total", kind="forward", direction="up") == ups
-        assert metrics.value("payload_bytes_total", kind="forward", direction="down") == downs
+        assert metrics.value("tunnels_opened_total", kind="forward", proto="tcp") == 3
+        assert metrics.value("tunnels_active", kind="forward", proto="tcp") == 0
+        assert metrics.value("tunnels_ended_total", kind="forward", proto="tcp", end="eof") == 3
+        assert metrics.value("tunnels_ended_total", kind="forward", proto="tcp", end="error") == 0
+        assert (
+            metrics.value("payload_bytes_total", kind="forward", proto="tcp", direction="up") == ups
+        )
+        assert (
+            metrics.value("payload_bytes_total", kind="forward", proto="tcp", direction="down")
+            == downs
+        )
         assert metrics.value("handshake_failures_total", status="403") == 1
     server_metrics = Metrics(await scrape(server), "server")
     assert server_metrics.value("target_dial_seconds_count") == 3
@@ -123,7 +128,13 @@ async def test_socks_tunnels_are_counted_like_forwards(wstun: Wstun, target) -> 
         writer.close()
     await client.wait_for(CLOSED.format(side="c"), count=len(sizes))
     metrics = Metrics(await scrape(client), "client")
-    assert metrics.value("tunnels_opened_total", kind="forward") == len(sizes)
-    assert metrics.value("tunnels_ended_total", kind="forward", end="eof") == len(sizes)
-    assert metrics.value("payload_bytes_total", kind="forward", direction="up") == sum(sizes)
-    assert metrics.value("payload_bytes_total", kind="forward", direction="down") == 2 * sum(sizes)
+    assert metrics.value("tunnels_opened_total", kind="forward", proto="tcp") == len(sizes)
+    assert metrics.value("tunnels_ended_total", kind="forward", proto="tcp", end="eof") == len(
+        sizes
+    )
+    assert metrics.value("payload_bytes_total", kind="forward", proto="tcp", direction="up") == sum(
+        sizes
+    )
+    assert metrics.value(
+        "payload_bytes_total", kind="forward", proto="tcp", direction="down"
+    ) == 2 * sum(sizes)

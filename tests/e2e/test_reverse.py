@@ -592,9 +592,11 @@ async def test_metrics_count_reverse_tunnels_by_kind(wstun: Wstun, target) -> No
     text = (await asyncio.wait_for(reader.read(), TIMEOUT)).decode()
     writer.close()
     assert "wstun_server_reverse_listeners_active 1.0" in text
-    assert 'wstun_server_tunnels_opened_total{kind="reverse"} 2.0' in text
-    assert 'wstun_server_payload_bytes_total{direction="up",kind="reverse"} 30.0' in text
-    assert 'wstun_server_tunnels_opened_total{kind="forward"} 0.0' in text
+    assert 'wstun_server_tunnels_opened_total{kind="reverse",proto="tcp"} 2.0' in text
+    assert (
+        'wstun_server_payload_bytes_total{direction="up",kind="reverse",proto="tcp"} 30.0' in text
+    )
+    assert 'wstun_server_tunnels_opened_total{kind="forward",proto="tcp"} 0.0' in text
 
 
 # ----------------------------------------------------------------- load

@@ -252,3 +252,34 @@ def test_policy_file_listen_rules(tmp_path: Path) -> None:
     path.write_text('allow_listen = ["db:9000"]\n')
     with pytest.raises(TargetError, match=r"policy file .*the host is a bind address"):
         load_policy_file(path)
+
+
+@pytest.mark.parametrize(
+    ("rules", "target", "proto", "allowed"),
+    [
+        (["10.0.0.2:53/udp"], "10.0.0.2:53", "udp", True),
+        (["10.0.0.2:53/udp"], "10.0.0.2:53", "tcp", False),  # a UDP rule never allows TCP
+        (["10.0.0.2:53"], "10.0.0.2:53", "udp", False),  # a rule without /udp is TCP only
+        (["10.0.0.2:53/tcp"], "10.0.0.2:53", "tcp", True),  # /tcp, the explicit default
+        (["10.0.0.0/8:*/udp"], "10.9.9.9:51820", "udp", True),
+        (["[fd00::/8]:53/UDP"], "[fd00::5]:53", "udp", True),
+        (["*:*/udp"], "169.254.169.254:53", "udp", False),  # metadata: denied for UDP too
+        (["169.254.169.254:53/udp"], "169.254.169.254:53", "udp", True),
+        (["dns.internal:53/udp"], "dns.internal:53", "udp", True),
+    ],
+)
+def test_rules_are_per_protocol(rules: list[str], target: str, proto: str, allowed: bool) -> None:
+    policy = Policy.from_patterns(rules)
+    parsed = parse_target(target)
+    addresses = ["10.0.0.7"] if parsed.host == "dns.internal" else [parsed.host]
+    assert policy.decide(parsed, addresses, proto).allowed is allowed
+
+
+def test_a_udp_refusal_names_the_protocol() -> None:
+    policy = Policy.from_patterns(["10.0.0.2:53"], deny=["10.0.0.3:53/udp"])
+    reason = policy.decide(parse_target("10.0.0.2:53"), ["10.0.0.2"], "udp").reason
+    assert reason == "target not allowed: 10.0.0.2:53/udp (no rule allows port 53/udp)"
+    denied = Policy.from_patterns(["*:53/udp"], deny=["10.0.0.3:53/udp"])
+    reason = denied.decide(parse_target("10.0.0.3:53"), ["10.0.0.3"], "udp").reason
+    assert reason == "target not allowed: 10.0.0.3:53/udp (denied by 10.0.0.3:53/udp)"
+    assert denied.decide(parse_target("10.0.0.3:53"), ["10.0.0.3"], "tcp").rule is None

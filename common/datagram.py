@@ -1,0 +1,255 @@
+"""UDP flows through a WebSocket (``wstun.udp.v1``): one datagram, one binary message.
+
+A flow is one UDP peer (the client: one source address on a ``-L .../udp``
+listener; the server: one connected socket to the target) and one
+WebSocket. :class:`DatagramFlow` carries it both ways, the same on both
+sides: datagrams from the local socket wait in a bounded queue (datagrams
+and bytes) for the WebSocket, and past it they are dropped and counted, as
+UDP does under overload, so one flow's flood never holds memory or delays
+another flow; datagrams from the WebSocket go to the local socket at once
+(dropped and counted when its buffer is full). Boundaries are kept exactly,
+empty datagrams included. The flow ends after ``timeout`` seconds without a
+datagram either way (both sides close, 1000), or when the WebSocket closes,
+and leaves one log line (:class:`FlowReport`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+
+from websockets.asyncio.connection import Connection
+from websockets.exceptions import ConnectionClosed
+
+from wstun.common.protocol import CLEAN_CLOSE_CODES, CloseCode
+
+__all__ = [
+    "DEFAULT_QUEUE_BYTES",
+    "DEFAULT_QUEUE_DATAGRAMS",
+    "DEFAULT_UDP_TIMEOUT",
+    "MAX_DATAGRAM",
+    "DatagramFlow",
+    "FlowEnd",
+    "FlowReport",
+]
+
+#: Seconds without a datagram either way after which a flow ends (``--udp-timeout``).
+DEFAULT_UDP_TIMEOUT = 30.0
+#: Each direction's queue toward the WebSocket: datagrams, and their bytes.
+DEFAULT_QUEUE_DATAGRAMS = 512
+DEFAULT_QUEUE_BYTES = 1 << 20
+#: Largest UDP payload (IPv6; IPv4's is 65,507).
+MAX_DATAGRAM = 65527
+#: Bytes the local socket may hold unsent before datagrams for it are dropped.
+LOCAL_BUFFER_LIMIT = 1 << 20
+
+
+class FlowEnd:
+    """How a flow ended, as its log line says it."""
+
+    TIMEOUT = "timeout"
+    CLOSED = "closed"  # the far side closed cleanly, or this side stopped
+    ERROR = "error"
+
+
+@dataclasses.dataclass(eq=False)
+class FlowReport:
+    """One flow's counts: ``up`` is from the client's application toward the target."""
+
+    id: str
+    peer: str
+    target: str
+    started: float = dataclasses.field(default_factory=time.monotonic)
+    up: int = 0
+    down: int = 0
+    datagrams_up: int = 0
+    datagrams_down: int = 0
+    dropped_up: int = 0
+    dropped_down: int = 0
+    #: ICMP port unreachable (or another error) from the local socket: counted, not fatal.
+    unreachable: int = 0
+    end: str = FlowEnd.CLOSED
+    reason: str = ""
+    kind: str = "forward"
+
+    def line(self) -> str:
+        duration = time.monotonic() - self.started
+        text = (
+            f"flow closed id={self.id} proto=udp peer={self.peer} target={self.target} "
+            f"up={self.up} down={self.down} datagrams_up={self.datagrams_up} "
+            f"datagrams_down={self.datagrams_down} dropped_up={self.dropped_up} "
+            f"dropped_down={self.dropped_down} unreachable={self.unreachable} "
+            f"duration={duration:.3f}s end={self.end}"
+        )
+        if self.reason:
+            text += f' reason="{self.reason}"'
+        return text
+
+
+class DatagramFlow:
+    """Carries one flow between a local UDP peer and a WebSocket.
+
+    ``send_local(data)`` hands a datagram to the local socket; it returns the
+    bytes the socket still holds unsent (over LOCAL_BUFFER_LIMIT, the next
+    datagrams are dropped). ``outbound`` says which report counts are this
+    side's sending direction: ``"up"`` on the client, ``"down"`` on the server.
+    """
+
+    def __init__(
+        self,
+        connection: Connection,
+        send_local: Callable[[bytes], int],
+        report: FlowReport,
+        *,
+        outbound: str,
+        timeout: float = DEFAULT_UDP_TIMEOUT,
+        queue_datagrams: int = DEFAULT_QUEUE_DATAGRAMS,
+        queue_bytes: int = DEFAULT_QUEUE_BYTES,
+    ) -> None:
+        self.connection = connection
+        self.report = report
+        self._send_local = send_local
+        self._outbound_up = outbound == "up"
+        self.timeout = timeout
+        self._max_datagrams = queue_datagrams
+        self._max_bytes = queue_bytes
+        self._queue: collections.deque[bytes] = collections.deque()
+        self._queued_bytes = 0
+        self._ready = asyncio.Event()
+        self._last = time.monotonic()
+        self.done = asyncio.Event()
+
+    # Counting, by direction.
+
+    def _sent(self, data: bytes) -> None:
+        if self._outbound_up:
+            self.report.up += len(data)
+            self.report.datagrams_up += 1
+        else:
+            self.report.down += len(data)
+            self.report.datagrams_down += 1
+
+    def _received(self, data: bytes) -> None:
+        if self._outbound_up:
+            self.report.down += len(data)
+            self.report.datagrams_down += 1
+        else:
+            self.report.up += len(data)
+            self.report.datagrams_up += 1
+
+    def _drop_outbound(self) -> None:
+        if self._outbound_up:
+            self.report.dropped_up += 1
+        else:
+            self.report.dropped_down += 1
+
+    def _drop_inbound(self) -> None:
+        if self._outbound_up:
+            self.report.dropped_down += 1
+        else:
+            self.report.dropped_up += 1
+
+    # The local side.
+
+    def from_local(self, data: bytes) -> None:
+        """A datagram from the local peer: queued for the WebSocket, or dropped."""
+        self._last = time.monotonic()
+        if (
+            len(self._queue) >= self._max_datagrams
+            or self._queued_bytes + len(data) > self._max_bytes
+            or self.done.is_set()
+        ):
+            self._drop_outbound()
+            return
+        self._queue.append(data)
+        self._queued_bytes += len(data)
+        self._ready.set()
+
+    def local_error(self, exc: Exception) -> None:
+        """The local socket reported an error (ICMP port unreachable): counted only."""
+        self.report.unreachable += 1
+
+    # The WebSocket side.
+
+    async def _pump_out(self) -> None:
+        while True:
+            await self._ready.wait()
+            while self._queue:
+                data = self._queue.popleft()
+                self._queued_bytes -= len(data)
+                await self.connection.send(data)
+                self._sent(data)
+            self._ready.clear()
+
+    async def _pump_in(self) -> None:
+        while True:
+            message = await self.connection.recv()
+            self._last = time.monotonic()
+            if isinstance(message, str):
+                raise _TextMessage
+            if self._send_local(message) > LOCAL_BUFFER_LIMIT:
+                self._drop_inbound()
+                continue
+            self._received(message)
+
+    async def _watch_idle(self) -> None:
+        while True:
+            remaining = self._last + self.timeout - time.monotonic()
+            if remaining <= 0:
+                return
+            await asyncio.sleep(remaining)
+
+    async def run(self, log: logging.Logger) -> FlowReport:
+        """Carry the flow until it ends; close the WebSocket; log its line."""
+        report = self.report
+        tasks = [
+            asyncio.ensure_future(self._pump_out()),
+            asyncio.ensure_future(self._pump_in()),
+            asyncio.ensure_future(self._watch_idle()),
+        ]
+        code, reason = CloseCode.NORMAL, "udp flow timeout"
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            finished = done.pop()
+            if finished is tasks[2]:
+                report.end = FlowEnd.TIMEOUT
+            else:
+                exc = finished.exception()
+                if isinstance(exc, ConnectionClosed):
+                    frame = exc.rcvd
+                    if frame is not None and frame.code in CLEAN_CLOSE_CODES:
+                        report.end, code, reason = FlowEnd.CLOSED, CloseCode.NORMAL, ""
+                    else:
+                        report.end = FlowEnd.ERROR
+                        report.reason = (
+                            f"peer closed the WebSocket with {frame.code} ({frame.reason})"
+                            if frame is not None
+                            else "WebSocket lost"
+                        )
+                elif isinstance(exc, _TextMessage):
+                    report.end, report.reason = FlowEnd.ERROR, "text message on a UDP flow"
+                    code, reason = CloseCode.UNSUPPORTED_DATA, "text message on a UDP flow"
+                elif exc is not None:
+                    report.end, report.reason = FlowEnd.ERROR, str(exc) or type(exc).__name__
+                    code, reason = CloseCode.INTERNAL_ERROR, report.reason[:120]
+        except asyncio.CancelledError:
+            report.end, code, reason = FlowEnd.CLOSED, CloseCode.GOING_AWAY, "shutting down"
+            raise
+        finally:
+            self.done.set()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.connection.close(code, reason), 2.0)
+            log.info("%s", report.line())
+        return report
+
+
+class _TextMessage(Exception):
+    """A text message on a datagram WebSocket: not a datagram."""
