@@ -216,3 +216,20 @@ def test_bad_reverse_forwards_are_clear_errors(args: list[str], message: str) ->
     code, out = run(["--check", *args, "ws://h/"])
     assert code == 2
     assert message in out
+
+
+def test_udp_forwards_listed() -> None:
+    """A /udp suffix makes a UDP forward; /tcp is the default said; --check shows both
+    and the UDP settings."""
+    code, out = run(
+        ["--check", "-L", "5353:10.0.0.2:53/udp", "-L", "[::1]:51820:[fd00::3]:51820/UDP",
+         "-L", "8080:web:80/tcp", "--udp-timeout", "5", "--max-udp-flows", "10", "ws://h/"]
+    )  # fmt: skip
+    assert code == 0, out
+    assert "forward: 127.0.0.1:5353/udp -> 10.0.0.2:53/udp" in out
+    assert "forward: [::1]:51820/udp -> [fd00::3]:51820/udp" in out
+    assert "forward: 127.0.0.1:8080 -> web:80" in out
+    assert "udp: flows end after 5s idle, at most 10 per listener" in out
+    code, out = run(["--check", "-R", "53:127.0.0.1:53/udp", "ws://h/"])
+    assert code == 2
+    assert "not supported yet" in out

@@ -199,3 +199,12 @@ def test_listen_rules_and_reverse_limits(tmp_path: Path) -> None:
     assert "the host is a bind address" in out
     code, out = run(["--check"], env={"WSTUN_ALLOW_LISTEN": "10.0.0.0/8:22"})
     assert "allow listen: 10.0.0.0/8:22" in out
+
+
+def test_udp_rules_and_timeout() -> None:
+    code, out = run(["--check", "--allow", "10.0.0.2:53/udp", "--udp-timeout", "7"])
+    assert code == 0, out
+    assert "allow: 10.0.0.2:53/udp" in out
+    assert "udp timeout: 7s" in out
+    code, out = run(["--check", "--allow", "10.0.0.2:53/sctp"])
+    assert code == 2
