@@ -26,6 +26,7 @@ from wstun.client.forward import Forward
 from wstun.common.datagram import (
     DEFAULT_QUEUE_BYTES,
     DEFAULT_QUEUE_DATAGRAMS,
+    LOCAL_BUFFER_LIMIT,
     DatagramFlow,
     FlowReport,
 )
@@ -117,7 +118,7 @@ class _Flow:
                 listener.metrics.flow_ended(self.report)
             listener.forget(self)
 
-    def _send_local(self, data: bytes) -> int:
+    def _send_local(self, data: bytes) -> bool:
         return self.listener.send(data, self.source)
 
     async def _refused(self, error: HandshakeError) -> None:
@@ -182,18 +183,19 @@ class UdpListener(asyncio.DatagramProtocol):
         one flow in particular; flows go on."""
         logger.debug("-L %s: %s", self.forward, exc)
 
-    def send(self, data: bytes, addr: Address) -> int:
+    def send(self, data: bytes, addr: Address) -> bool:
         transport = self.endpoint
         if transport is None or transport.is_closing():
-            return 0
+            return False
+        if transport.get_write_buffer_size() > LOCAL_BUFFER_LIMIT:  # type: ignore[attr-defined]
+            return False  # full: dropped, as UDP does
         if not data:
             if self.sock is not None:
                 with contextlib.suppress(OSError):  # would block, or an error: dropped
                     self.sock.sendto(b"", addr)
-            return 0
+            return True
         transport.sendto(data, addr)
-        size: int = transport.get_write_buffer_size()  # type: ignore[attr-defined]
-        return size
+        return True
 
     def forget(self, flow: _Flow) -> None:
         if self.flows.get(flow.source) is flow:

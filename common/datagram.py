@@ -32,6 +32,7 @@ __all__ = [
     "DEFAULT_QUEUE_BYTES",
     "DEFAULT_QUEUE_DATAGRAMS",
     "DEFAULT_UDP_TIMEOUT",
+    "LOCAL_BUFFER_LIMIT",
     "MAX_DATAGRAM",
     "DatagramFlow",
     "FlowEnd",
@@ -94,16 +95,17 @@ class FlowReport:
 class DatagramFlow:
     """Carries one flow between a local UDP peer and a WebSocket.
 
-    ``send_local(data)`` hands a datagram to the local socket; it returns the
-    bytes the socket still holds unsent (over LOCAL_BUFFER_LIMIT, the next
-    datagrams are dropped). ``outbound`` says which report counts are this
-    side's sending direction: ``"up"`` on the client, ``"down"`` on the server.
+    ``send_local(data)`` hands a datagram to the local socket and returns True,
+    or returns False without sending when the socket already holds more than
+    LOCAL_BUFFER_LIMIT bytes unsent (the datagram is dropped and counted).
+    ``outbound`` says which report counts are this side's sending direction:
+    ``"up"`` on the client, ``"down"`` on the server.
     """
 
     def __init__(
         self,
         connection: Connection,
-        send_local: Callable[[bytes], int],
+        send_local: Callable[[bytes], bool],
         report: FlowReport,
         *,
         outbound: str,
@@ -192,7 +194,7 @@ class DatagramFlow:
             self._last = time.monotonic()
             if isinstance(message, str):
                 raise _TextMessage
-            if self._send_local(message) > LOCAL_BUFFER_LIMIT:
+            if not self._send_local(message):
                 self._drop_inbound()
                 continue
             self._received(message)

@@ -16,7 +16,7 @@ import contextlib
 import socket
 from typing import Any, cast
 
-from wstun.common.datagram import DatagramFlow
+from wstun.common.datagram import LOCAL_BUFFER_LIMIT, DatagramFlow
 
 __all__ = ["UdpSocket", "open_udp"]
 
@@ -59,19 +59,20 @@ class UdpSocket(asyncio.DatagramProtocol):
         for _ in range(self._early_errors):
             flow.local_error(ConnectionRefusedError())
 
-    def send(self, data: bytes) -> int:
-        """Send one datagram to the target; returns what the socket holds unsent."""
+    def send(self, data: bytes) -> bool:
+        """Send one datagram to the target; False if dropped (the socket's buffer is full)."""
         transport = self.endpoint
         if transport is None or transport.is_closing():
-            return 0
+            return False
+        if transport.get_write_buffer_size() > LOCAL_BUFFER_LIMIT:  # type: ignore[attr-defined]
+            return False  # full: dropped, as UDP does
         if not data:
             if self.sock is not None:
                 with contextlib.suppress(OSError):  # would block, or an error: dropped
                     self.sock.send(b"")
-            return 0
+            return True
         transport.sendto(data)
-        size: int = transport.get_write_buffer_size()  # type: ignore[attr-defined]
-        return size
+        return True
 
     def close(self) -> None:
         if self.endpoint is not None:
