@@ -20,8 +20,12 @@ __all__ = [
     "Proc",
     "cpu_seconds",
     "free_port",
+    "free_udp_port",
     "process_tree",
     "rss_kib",
+    "tcp_listening",
+    "udp_bound",
+    "udp_drops",
     "wait_listening",
 ]
 
@@ -34,6 +38,59 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def free_udp_port() -> int:
+    """A loopback port free for both UDP and TCP right now (bound, then released).
+
+    UDP workloads need both: iperf3 runs its TCP control connection and its UDP
+    stream to one port number, and dnsmasq binds both."""
+    for _ in range(1000):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            udp.bind(("127.0.0.1", 0))
+            port: int = udp.getsockname()[1]
+            with socket.socket() as tcp:
+                try:
+                    tcp.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            return port
+    raise OSError("no loopback port free for both UDP and TCP")
+
+
+def udp_bound(port: int) -> bool:
+    """Whether a UDP socket is bound to ``port`` (IPv4) right now, from /proc/net/udp."""
+    suffix = f":{port:04X}"
+    with open("/proc/net/udp") as table:
+        next(table, None)  # the header
+        return any(line.split()[1].endswith(suffix) for line in table if line.strip())
+
+
+def tcp_listening(port: int) -> bool:
+    """Whether a TCP socket listens on ``port`` (IPv4) right now, from /proc/net/tcp:
+    without connecting, which a forwarder would carry on to its target (iperf3 takes
+    such an empty connection for a test, and may then drop the real one)."""
+    suffix = f":{port:04X}"
+    with open("/proc/net/tcp") as table:
+        next(table, None)
+        return any(
+            len(fields) > 3 and fields[1].endswith(suffix) and fields[3] == "0A"
+            for fields in (line.split() for line in table)
+        )
+
+
+def udp_drops(port: int) -> int | None:
+    """Datagrams the kernel dropped at the UDP sockets bound to ``port`` (IPv4; their
+    receive buffer was full), from /proc/net/udp's ``drops``; None if none is bound."""
+    suffix = f":{port:04X}"
+    found = None
+    with open("/proc/net/udp") as table:
+        next(table, None)
+        for line in table:
+            fields = line.split()
+            if len(fields) > 12 and fields[1].endswith(suffix):
+                found = (found or 0) + int(fields[-1])
+    return found
 
 
 def wait_listening(port: int, timeout: float = 20.0, proc: Proc | None = None) -> None:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.runner import WORKLOADS
+from bench.runner import UDP_WORKLOADS, WORKLOADS, starter_for
 from bench.tunnels import TUNNELS, find_tool
 from bench.workloads import Sizes, Targets, make_workdir
 
@@ -36,6 +36,8 @@ SIZES = Sizes(
     churn_connections=10,
     bulk_bytes=8 << 20,
     scale_counts=(),
+    udp_seconds=5,
+    dns_seconds=5,
 )
 
 
@@ -73,16 +75,20 @@ def summarise(raw: Path, top: int) -> tuple[int, list[tuple[str, int]], list[tup
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tunnel", default="wstun", choices=sorted(TUNNELS))
-    parser.add_argument("--workload", default="churn", choices=sorted(WORKLOADS))
+    parser.add_argument("--workload", default="churn", choices=sorted([*WORKLOADS, *UDP_WORKLOADS]))
     parser.add_argument("--top", type=int, default=15)
     parser.add_argument("--rate", type=int, default=200, help="py-spy samples per second")
     parser.add_argument("--out", type=Path, help="Markdown file (default: stdout)")
     args = parser.parse_args(argv)
 
+    udp = UDP_WORKLOADS.get(args.workload)
+    target_name, workload = (udp.target, udp.run) if udp else WORKLOADS[args.workload]
+    start, why = starter_for(TUNNELS[args.tunnel], args.workload, SIZES)
+    if start is None:
+        parser.error(f"{args.tunnel} does not run {args.workload}: {why}")
     workdir = make_workdir()
     targets = Targets(workdir)
-    target_name, workload = WORKLOADS[args.workload]
-    tunnel = TUNNELS[args.tunnel].start(targets.port(target_name), workdir)
+    tunnel = start(targets.port(target_name), workdir)
     spies: list[tuple[str, Path, subprocess.Popen[bytes]]] = []
     try:
         for proc in tunnel.procs:

@@ -66,7 +66,27 @@ METRICS: dict[str, list[Metric]] = {
         Metric("cpu_us_per_conn_server", "server us/conn", False, "{:.0f}"),
     ],
     "bulk": [Metric("bytes", "bytes echoed", True, "{:.0f}")],
+    "iperf-udp": [
+        Metric("mbps", "Mbit/s", True, "{:.1f}"),
+        Metric("loss_pct", "loss %", False, "{:.2f}"),
+        Metric("cpu_s_per_gib", "CPU s/GiB", False),
+        Metric("entry_drops", "entry socket drops", False, "{:.0f}"),
+        Metric("wstun_dropped_client", "wstun dropped: client", False, "{:.0f}"),
+        Metric("wstun_dropped_server", "server", False, "{:.0f}"),
+    ],
 }
+
+_DNS_METRICS = [
+    Metric("qps", "queries/s", True, "{:.0f}"),
+    Metric("p50_ms", "p50 ms", False, "{:.3f}"),
+    Metric("p99_ms", "p99 ms", False, "{:.3f}"),
+    Metric("lost", "lost", False, "{:.0f}"),
+    Metric("cpu_us_per_query", "CPU us/query", False, "{:.0f}"),
+    Metric("cpu_us_per_query_client", "client us/query", False, "{:.0f}"),
+    Metric("cpu_us_per_query_server", "server us/query", False, "{:.0f}"),
+]
+METRICS["dns-qps"] = _DNS_METRICS
+METRICS["dns-qps-1"] = _DNS_METRICS
 
 SCALE_METRICS = [
     Metric("ok_conns", "succeeded", True, "{:.0f}"),
@@ -242,8 +262,12 @@ def write_markdown(
     out += [f"- {key}: {value}" for key, value in meta["settings"].items()]
     out += ["", "## Summary", "", *summary_table(results, tunnels)]
     out += ["", _LEGEND, ""]
+    run_notes = list(meta.get("run_notes") or meta.get("scale_notes") or [])
     for workload in results:
         out += [f"## {workload}", "", *workload_table(results, workload, tunnels), ""]
+        mine = [note for note in run_notes if note.startswith(f"{workload}: not run on ")]
+        if mine:
+            out += [*(f"- {note}" for note in mine), ""]
         failures = [
             f"- {tunnel}: {s['detail']}"
             for tunnel, samples in results[workload].items()
@@ -263,8 +287,8 @@ def write_markdown(
             f"| {row.get('tunnel', 'wstun')} | {row['workload']} | {row['metric']} | "
             f"{row['target']} | {_fmt_ratio(row['ratio'])} | {met} |"
         )
-    if meta.get("scale_notes"):
-        out += ["", *(f"- {note}" for note in meta["scale_notes"])]
+    if run_notes:
+        out += ["", *(f"- {note}" for note in run_notes)]
     if notes:
         out += ["", "## Notes", "", notes.strip()]
     path.write_text("\n".join(out) + "\n")
@@ -284,6 +308,8 @@ def write_plot(path: Path, results: Results, tunnels: Sequence[str]) -> bool:
     ]
     panels += [(w, "rps", f"{w} req/s") for w in ("redis-1", "redis-50") if w in results]
     panels += [("churn", "conn_per_s", "churn conn/s")] if "churn" in results else []
+    panels += [("iperf-udp", "mbps", "iperf-udp Mbit/s")] if "iperf-udp" in results else []
+    panels += [(w, "qps", f"{w} queries/s") for w in ("dns-qps", "dns-qps-1") if w in results]
     scale = [w for w in results if w.startswith("scale-")]
     if scale:
         panels.append((scale[-1], "rss_kib_per_conn", f"{scale[-1]} RSS KiB/conn"))
@@ -314,6 +340,10 @@ SUMMARY_COLUMNS = [
     ("redis-50", "rps", "redis 50 conns req/s"),
     ("churn", "conn_per_s", "churn conn/s"),
     ("scale-10000", "rss_kib_per_conn", "RSS KiB/tunnel"),
+    ("iperf-udp", "mbps", "UDP Mbit/s"),
+    ("iperf-udp", "loss_pct", "UDP loss %"),
+    ("dns-qps", "qps", "DNS q/s (flows)"),
+    ("dns-qps-1", "qps", "DNS q/s (1 flow)"),
 ]
 
 

@@ -5,6 +5,10 @@ runs the workload through it and stops it. Within a round the tunnels take
 turns, in a rotated order each round, so a slow spell on a shared machine
 hurts all of them rather than one. The scale workloads run once per size
 after the timed rounds.
+
+The UDP workloads (``UDP_WORKLOADS``) run only on tunnels that carry UDP
+(``TunnelSpec.start_udp``) and keep as many sources apart as the workload
+sends from; the others are skipped, and the results say so.
 """
 
 from __future__ import annotations
@@ -25,19 +29,22 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from .report import Results, write_json, write_markdown, write_plot
-from .tunnels import TUNNELS, RunningTunnel, TunnelSpec, add_baseline, tool_versions
+from .tunnels import TUNNELS, RunningTunnel, Starter, TunnelSpec, add_baseline, tool_versions
 from .workloads import (
     Sizes,
     Targets,
     bulk_echo,
     churn,
+    dns_qps,
+    flow_drops,
     iperf,
+    iperf_udp,
     make_workdir,
     redis_ping,
     scale,
 )
 
-__all__ = ["PROFILES", "Run", "main", "run_benchmark"]
+__all__ = ["PROFILES", "UDP_WORKLOADS", "Run", "main", "run_benchmark", "starter_for"]
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -53,6 +60,8 @@ PROFILES: dict[str, tuple[int, Sizes]] = {
             churn_seconds=1,
             bulk_bytes=4 * 1024 * 1024,
             scale_counts=(200,),
+            udp_seconds=1,
+            dns_seconds=1,
         ),
     ),
     "smoke": (
@@ -65,6 +74,12 @@ PROFILES: dict[str, tuple[int, Sizes]] = {
             churn_connections=2,
             bulk_bytes=256 * 1024,
             scale_counts=(20,),
+            udp_rate="20M",
+            udp_bytes=240_000,
+            dns_queries=200,
+            dns_seconds=1,
+            dns_sources=4,
+            dns_window=16,
         ),
     ),
 }
@@ -78,7 +93,18 @@ DEFAULT_TUNNELS = (
     "wstun-nopool",
     "wstun-reverse",
 )
-TIMED_WORKLOADS = ("bulk", "iperf-up", "iperf-down", "iperf-p4", "redis-1", "redis-50", "churn")
+TIMED_WORKLOADS = (
+    "bulk",
+    "iperf-up",
+    "iperf-down",
+    "iperf-p4",
+    "redis-1",
+    "redis-50",
+    "churn",
+    "iperf-udp",
+    "dns-qps",
+    "dns-qps-1",
+)
 
 
 class Workload(Protocol):
@@ -122,6 +148,64 @@ WORKLOADS: dict[str, tuple[str, Workload]] = {
 }
 
 
+def _iperf_udp(tunnel: RunningTunnel, *, targets: Targets, sizes: Sizes) -> dict[str, Any]:
+    return iperf_udp(tunnel, sizes)
+
+
+def _dns(sources: int | None) -> Workload:
+    """dns-qps from ``sources`` sockets (None: the profile's ``dns_sources``)."""
+
+    def run(tunnel: RunningTunnel, *, targets: Targets, sizes: Sizes) -> dict[str, Any]:
+        count = sizes.dns_sources if sources is None else sources
+        return dns_qps(tunnel, sizes, sources=count, workdir=targets.workdir)
+
+    return run
+
+
+@dataclasses.dataclass(frozen=True)
+class UdpWorkload:
+    """A workload through a tunnel's UDP forward."""
+
+    target: str
+    run: Workload
+    #: The workload also needs TCP to the same port number (iperf3's control connection).
+    tcp: bool
+    #: How many UDP source addresses (flows) it sends from, for the profile's sizes.
+    sources: Callable[[Sizes], int]
+
+
+UDP_WORKLOADS: dict[str, UdpWorkload] = {
+    "iperf-udp": UdpWorkload("iperf3", _iperf_udp, tcp=True, sources=lambda sizes: 1),
+    "dns-qps": UdpWorkload(
+        "dnsmasq", _dns(None), tcp=False, sources=lambda sizes: sizes.dns_sources
+    ),
+    "dns-qps-1": UdpWorkload("dnsmasq", _dns(1), tcp=False, sources=lambda sizes: 1),
+}
+
+
+def starter_for(spec: TunnelSpec, workload: str, sizes: Sizes) -> tuple[Starter | None, str]:
+    """How to start ``spec`` for ``workload``; (None, why) if it can't carry it."""
+    udp = UDP_WORKLOADS.get(workload)
+    if udp is None:
+        return spec.start, ""
+    start_udp = spec.start_udp
+    if start_udp is None:
+        return None, "carries no UDP"
+    sources = udp.sources(sizes)
+    if spec.udp_sources is not None and sources > spec.udp_sources:
+        return None, (
+            f"keeps {spec.udp_sources} UDP source(s) apart on a port; "
+            f"the workload sends from {sources}"
+        )
+    return functools.partial(_start_udp, start_udp, tcp=udp.tcp), ""
+
+
+def _start_udp(
+    start_udp: Callable[[int, Path, bool], RunningTunnel], target: int, logdir: Path, *, tcp: bool
+) -> RunningTunnel:
+    return start_udp(target, logdir, tcp)
+
+
 @dataclasses.dataclass
 class Run:
     """What to run: which tunnels and workloads, how many rounds, which sizes."""
@@ -143,18 +227,23 @@ def _raise_fd_limit() -> int:
 
 
 def _measure(
-    spec: TunnelSpec,
+    start: Starter,
     target_port: Callable[[], int],
     workdir: Path,
     body: Callable[[RunningTunnel], dict[str, Any]],
+    after: Callable[[RunningTunnel], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Start the tunnel fresh, run ``body`` through it, stop it. Failures are results."""
+    """Start the tunnel fresh, run ``body`` through it, stop it; ``after(tunnel)``
+    adds figures read once it stopped (its logs). Failures are results."""
     try:
-        tunnel = spec.start(target_port(), workdir)
+        tunnel = start(target_port(), workdir)
         try:
-            return body(tunnel)
+            sample = body(tunnel)
         finally:
             tunnel.stop()
+        if after is not None:
+            sample.update(after(tunnel))
+        return sample
     except Exception as exc:  # a broken run is a result too, not the end of the benchmark
         return {"ok": False, "detail": f"{type(exc).__name__}: {exc}"}
 
@@ -169,7 +258,8 @@ def scale_count(spec: TunnelSpec, requested: int, fd_limit: int) -> int:
 
 
 def run_benchmark(run: Run) -> tuple[Results, list[str]]:
-    """Run everything; returns results[workload][tunnel] = samples, and scale notes."""
+    """Run everything; returns results[workload][tunnel] = samples, and notes (tunnels
+    a workload skipped, scale runs capped)."""
     fd_limit = _raise_fd_limit()
     workdir = make_workdir()
     targets = Targets(workdir)
@@ -180,13 +270,20 @@ def run_benchmark(run: Run) -> tuple[Results, list[str]]:
         for round_no in range(run.rounds):
             order = specs[round_no % len(specs) :] + specs[: round_no % len(specs)]
             for workload in run.workloads:
-                target, body = WORKLOADS[workload]
+                udp = UDP_WORKLOADS.get(workload)
+                target, body = (udp.target, udp.run) if udp else WORKLOADS[workload]
+                skipped: dict[str, list[str]] = {}
                 for spec in order:
+                    start, why = starter_for(spec, workload, run.sizes)
+                    if start is None:
+                        skipped.setdefault(why, []).append(spec.name)
+                        continue
                     sample = _measure(
-                        spec,
+                        start,
                         functools.partial(targets.port, target),
                         workdir,
                         functools.partial(body, targets=targets, sizes=run.sizes),
+                        after=flow_drops if udp else None,
                     )
                     sample["round"] = round_no
                     results[workload].setdefault(spec.name, []).append(sample)
@@ -194,6 +291,11 @@ def run_benchmark(run: Run) -> tuple[Results, list[str]]:
                         f"round {round_no + 1}/{run.rounds} {workload:10} {spec.name:11} "
                         f"{_brief(sample)}"
                     )
+                if round_no == 0:
+                    notes += [
+                        f"{workload}: not run on {', '.join(sorted(names))} ({why})"
+                        for why, names in skipped.items()
+                    ]
         if run.scale:
             for requested in run.sizes.scale_counts:
                 workload = f"scale-{requested}"
@@ -211,7 +313,7 @@ def run_benchmark(run: Run) -> tuple[Results, list[str]]:
                         continue  # its smaller size already ran; no point repeating it
                     targets.restart("echo")
                     sample = _measure(
-                        spec,
+                        spec.start,
                         functools.partial(targets.port, "echo"),
                         workdir,
                         functools.partial(scale, count=count),
@@ -282,6 +384,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--scale", default=None, help="connection counts (comma-separated) or 'off'"
     )
+    parser.add_argument(
+        "--udp-rate", help="iperf-udp's offered rate, iperf3's -b (default: the profile's, 200M)"
+    )
     parser.add_argument("--name", help="results file name (default: the profile)")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="results directory")
     parser.add_argument("--notes", type=Path, help="a Markdown file appended as Notes")
@@ -304,6 +409,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             sizes = dataclasses.replace(
                 sizes, scale_counts=tuple(int(n) for n in args.scale.split(","))
             )
+    if args.udp_rate:
+        sizes = dataclasses.replace(sizes, udp_rate=args.udp_rate)
     tunnels = [t for t in args.tunnels.split(",") if t]
     if args.baseline is not None:
         try:
@@ -315,14 +422,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if name not in TUNNELS:
             parser.error(f"unknown tunnel {name!r}")
     for name in workloads:
-        if name not in WORKLOADS:
+        if name not in WORKLOADS and name not in UDP_WORKLOADS:
             parser.error(f"unknown workload {name!r}")
     run = Run(tunnels, workloads, args.rounds or rounds, sizes, with_scale)
 
     started = datetime.datetime.now(datetime.UTC)
     machine = machine_info()
     machine["load_start"] = _load()
-    results, scale_notes = run_benchmark(run)
+    results, run_notes = run_benchmark(run)
     machine["load_end"] = _load()
     name = args.name or args.profile
     meta = {
@@ -333,7 +440,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "machine": machine,
         "versions": tool_versions(),
         "settings": {"profile": args.profile, "rounds": run.rounds, **dataclasses.asdict(sizes)},
-        "scale_notes": scale_notes,
+        "run_notes": run_notes,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / f"{started:%Y-%m-%d}-{name}"

@@ -3,6 +3,12 @@
 A tunnel is started for one workload run and stopped after it. ``port`` is
 where the workload connects; ``procs`` are the processes whose CPU time and
 memory are charged to the tunnel (none for direct TCP).
+
+Tunnels that carry UDP have a second starter, ``start_udp(target, logdir,
+tcp)``: a UDP forward from a local port to the target's, and with ``tcp``
+a TCP forward of the same kind beside it on the same local port number, to
+the same target port (iperf3 runs its TCP control connection and its UDP
+stream to one port).
 """
 
 from __future__ import annotations
@@ -12,15 +18,17 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .procs import Proc, free_port, wait_listening
+from .procs import Proc, free_port, free_udp_port, tcp_listening, udp_bound, wait_listening
 
 __all__ = [
     "TUNNELS",
     "RunningTunnel",
     "TunnelSpec",
+    "UdpStarter",
     "add_baseline",
     "find_tool",
     "tool_versions",
@@ -55,6 +63,9 @@ class RunningTunnel:
 
 
 Starter = Callable[[int, Path], RunningTunnel]
+#: ``(target port, logdir, tcp)``: a UDP forward, and with ``tcp`` a TCP one beside
+#: it on the same local port number.
+UdpStarter = Callable[[int, Path, bool], RunningTunnel]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,10 +77,35 @@ class TunnelSpec:
     #: Tunnels that fork a process per connection get at most this many.
     max_scale: int = 1_000_000
     note: str = ""
+    #: How to start it for UDP; None: it carries no UDP (the UDP workloads skip it).
+    start_udp: UdpStarter | None = None
+    #: UDP source addresses it keeps apart on one local port (None: any number).
+    udp_sources: int | None = None
+    udp_note: str = ""
 
 
 def _direct(target: int, logdir: Path) -> RunningTunnel:
     return RunningTunnel(target, [])
+
+
+def _direct_udp(target: int, logdir: Path, tcp: bool) -> RunningTunnel:
+    return RunningTunnel(target, [])
+
+
+#: Tries at starting a UDP tunnel on a local port picked beforehand: another
+#: process may take the port between the pick and the bind.
+_BIND_TRIES = 3
+
+
+def _on_free_udp_port(start: Callable[[int], RunningTunnel]) -> RunningTunnel:
+    """``start(port)`` on a port free for UDP and TCP, picked again if it was taken."""
+    for attempt in range(_BIND_TRIES):
+        try:
+            return start(free_udp_port())
+        except RuntimeError as exc:  # it exited before it listened, and said why
+            if attempt == _BIND_TRIES - 1 or "in use" not in str(exc).lower():
+                raise
+    raise AssertionError("unreachable")
 
 
 def _socat(target: int, logdir: Path) -> RunningTunnel:
@@ -122,6 +158,117 @@ def _websocat(target: int, logdir: Path) -> RunningTunnel:
     )
     wait_listening(ws_port, proc=server)
     return _websocat_client(ws_port, logdir, [server])
+
+
+def _wait_quietly(
+    bound: Callable[[int], bool], port: int, proc: Proc, timeout: float = 20.0
+) -> None:
+    """Wait until ``bound(port)`` (read from /proc, no connection made), or fail if
+    ``proc`` exits first."""
+    deadline = time.monotonic() + timeout
+    while not bound(port):
+        if proc.popen.poll() is not None:
+            raise RuntimeError(f"{proc.name} exited early:\n{proc.output()}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{proc.name}: nothing bound to 127.0.0.1:{port}")
+        time.sleep(0.02)
+
+
+def _wait_connected(port: int, proc: Proc, timeout: float = 20.0) -> None:
+    """Wait until a TCP connection to 127.0.0.1:``port`` is established (/proc/net/tcp)."""
+    suffix = f":{port:04X}"
+    deadline = time.monotonic() + timeout
+    while True:
+        with open("/proc/net/tcp") as table:
+            next(table, None)
+            rows = [line.split() for line in table if line.strip()]
+        if any(row[2].endswith(suffix) and row[3] == "01" for row in rows):
+            return
+        if proc.popen.poll() is not None:
+            raise RuntimeError(f"{proc.name} exited early:\n{proc.output()}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{proc.name}: no connection to 127.0.0.1:{port}")
+        time.sleep(0.02)
+
+
+def _websocat_udp(target: int, logdir: Path, tcp: bool) -> RunningTunnel:
+    """websocat for UDP: ``ws-l: udp:`` and ``udp-l: ws://``.
+
+    websocat's ``udp-l:`` is one socket and one WebSocket for the client's
+    lifetime (opened at start), not a listener of flows: every datagram from
+    any source goes into that WebSocket, and each reply goes to the source seen
+    last. So it keeps one source apart (``udp_sources=1``), and the client
+    exits when its WebSocket ends (with ``-E``), e.g. once the server's UDP
+    socket is refused by the target; it is started fresh per run anyway.
+    Without ``--udp-oneshot``: that answers one datagram per source and is
+    for one-query-one-answer use, not for a stream. With ``tcp``, the TCP pair
+    (as ``websocat``) beside it on the same local port.
+    """
+    ws_port = free_port()
+    server = Proc(
+        "websocat-udp-server",
+        [
+            find_tool("websocat"),
+            "--binary",
+            "-E",
+            f"ws-l:127.0.0.1:{ws_port}",
+            f"udp:127.0.0.1:{target}",
+        ],
+        logdir,
+    )
+    procs = [server]
+    try:
+        # Waits read /proc rather than connect: a probe through the TCP pair would reach
+        # iperf3 as an empty control connection, and iperf3 may then drop the real one.
+        _wait_quietly(tcp_listening, ws_port, server)
+        if tcp:
+            tcp_ws_port = free_port()
+            tcp_server = Proc(
+                "websocat-server",
+                [
+                    find_tool("websocat"),
+                    "--binary",
+                    "-E",
+                    f"ws-l:127.0.0.1:{tcp_ws_port}",
+                    f"tcp:127.0.0.1:{target}",
+                ],
+                logdir,
+            )
+            procs.append(tcp_server)
+            _wait_quietly(tcp_listening, tcp_ws_port, tcp_server)
+
+        def start(port: int) -> RunningTunnel:
+            argv = [find_tool("websocat"), "--binary", "-E"]
+            client = Proc(
+                "websocat-udp-client",
+                [*argv, f"udp-l:127.0.0.1:{port}", f"ws://127.0.0.1:{ws_port}/"],
+                logdir,
+                env={"SSL_CERT_FILE": "/dev/null"},
+            )
+            started = [client]
+            try:
+                _wait_quietly(udp_bound, port, client)
+                _wait_connected(ws_port, client)  # udp-l: opens its one WebSocket at start
+                if tcp:
+                    tcp_client = Proc(
+                        "websocat-client",
+                        [*argv, f"tcp-l:127.0.0.1:{port}", f"ws://127.0.0.1:{tcp_ws_port}/"],
+                        logdir,
+                        env={"SSL_CERT_FILE": "/dev/null"},
+                    )
+                    started.append(tcp_client)
+                    _wait_quietly(tcp_listening, port, tcp_client)
+            except BaseException:
+                for proc in reversed(started):
+                    proc.stop()
+                raise
+            return RunningTunnel(port, [*procs, *started])
+
+        return _on_free_udp_port(start)
+    except BaseException:
+        for proc in reversed(procs):
+            proc.stop()
+        raise
 
 
 def _websockify(target: int, logdir: Path) -> RunningTunnel:
@@ -177,6 +324,57 @@ def _wstun(
     return start
 
 
+def _wstun_udp(
+    *server_args: str, bin_dir: Path | None = None, client_args: tuple[str, ...] = ()
+) -> UdpStarter:
+    """wstun's ``-L PORT:target/udp`` (and, with ``tcp``, ``-L PORT:target`` beside it
+    in the same client, on the same local port)."""
+
+    def tool(name: str) -> str:
+        return str(bin_dir / name) if bin_dir is not None else find_tool(name)
+
+    def start(target: int, logdir: Path, tcp: bool) -> RunningTunnel:
+        rules = ["--allow", f"127.0.0.1:{target}/udp"]
+        rules += ["--allow", f"127.0.0.1:{target}"] if tcp else []
+        server = Proc(
+            "wstun-server",
+            [tool("wstun-server"), "--listen", "127.0.0.1:0", *rules, *server_args],
+            logdir,
+        )
+        try:
+            line = server.wait_for_line("listening on 127.0.0.1:")
+            ws_port = int(_port_after("listening on 127.0.0.1:", line))
+
+            def start_client(port: int) -> RunningTunnel:
+                forwards = ["-L", f"{port}:127.0.0.1:{target}/udp"]
+                forwards += ["-L", f"{port}:127.0.0.1:{target}"] if tcp else []
+                client = Proc(
+                    "wstun-client",
+                    [
+                        tool("wstun-client"),
+                        *forwards,
+                        f"ws://127.0.0.1:{ws_port}/",
+                        *client_args,
+                    ],
+                    logdir,
+                )
+                try:
+                    client.wait_for_line(f"forwarding 127.0.0.1:{port}/udp")
+                    if tcp:
+                        client.wait_for_line(f"forwarding 127.0.0.1:{port} ")
+                except BaseException:
+                    client.stop()
+                    raise
+                return RunningTunnel(port, [server, client])
+
+            return _on_free_udp_port(start_client)
+        except BaseException:
+            server.stop()
+            raise
+
+    return start
+
+
 def _wstun_reverse(target: int, logdir: Path) -> RunningTunnel:
     """wstun's -R: the server listens, the client carries each connection to the target."""
     server = Proc(
@@ -211,14 +409,28 @@ def _port_after(prefix: str, line: str) -> str:
 TUNNELS: dict[str, TunnelSpec] = {
     spec.name: spec
     for spec in [
-        TunnelSpec("direct", _direct, note="no tunnel: the workload talks to the target"),
+        TunnelSpec(
+            "direct",
+            _direct,
+            note="no tunnel: the workload talks to the target",
+            start_udp=_direct_udp,
+            udp_note="no tunnel: the workload sends to the target",
+        ),
         TunnelSpec(
             "socat",
             _socat,
             max_scale=1000,
             note="plain TCP relay, forks a process per connection",
         ),
-        TunnelSpec("websocat", _websocat, note="websocat server + websocat client"),
+        TunnelSpec(
+            "websocat",
+            _websocat,
+            note="websocat server + websocat client",
+            start_udp=_websocat_udp,
+            udp_sources=1,
+            udp_note="websocat ws-l: udp: + websocat udp-l: (one WebSocket, replies to the "
+            "last source)",
+        ),
         TunnelSpec(
             "websockify",
             _websockify,
@@ -229,6 +441,8 @@ TUNNELS: dict[str, TunnelSpec] = {
             "wstun",
             _wstun(),
             note="wstun-server + wstun-client, defaults (a pool of 2 warm WebSockets)",
+            start_udp=_wstun_udp(),
+            udp_note="wstun-client -L PORT:target/udp: a WebSocket per source address",
         ),
         TunnelSpec(
             "wstun-nopool",
@@ -244,6 +458,8 @@ TUNNELS: dict[str, TunnelSpec] = {
             "wstun-w2",
             _wstun("--workers", "2"),
             note="wstun-server --workers 2 + wstun-client",
+            start_udp=_wstun_udp("--workers", "2"),
+            udp_note="wstun-server --workers 2, -L .../udp",
         ),
     ]
 }
@@ -257,13 +473,18 @@ def add_baseline(bin_dir: Path, *, nopool: bool = False) -> list[str]:
         if not (bin_dir / name).exists():
             raise FileNotFoundError(f"{bin_dir / name} not found: --baseline takes a bin directory")
     version = version_line([str(bin_dir / "wstun-server"), "--version"])
-    TUNNELS["wstun-base"] = TunnelSpec(
-        "wstun-base", _wstun(bin_dir=bin_dir), note=f"wstun from {bin_dir} ({version}), defaults"
-    )
-    names = ["wstun-base"]
     client_help = subprocess.run(
         [str(bin_dir / "wstun-client"), "--help"], capture_output=True, text=True, check=False
     ).stdout
+    udp = "/udp" in client_help
+    TUNNELS["wstun-base"] = TunnelSpec(
+        "wstun-base",
+        _wstun(bin_dir=bin_dir),
+        note=f"wstun from {bin_dir} ({version}), defaults",
+        start_udp=_wstun_udp(bin_dir=bin_dir) if udp else None,
+        udp_note=f"wstun from {bin_dir}, -L .../udp" if udp else "",
+    )
+    names = ["wstun-base"]
     if nopool and "--pool" in client_help:
         TUNNELS["wstun-base-nopool"] = TunnelSpec(
             "wstun-base-nopool",
@@ -282,6 +503,16 @@ def version_line(argv: list[str]) -> str:
         return f"unavailable ({exc})"
     text = (out.stdout + out.stderr).strip().splitlines()
     return text[0] if text else "?"
+
+
+def _dnsperf_version() -> str:
+    try:
+        dnsperf = find_tool("dnsperf")
+    except FileNotFoundError:
+        return "not installed (dns-qps uses bench/dnsload.py)"
+    out = subprocess.run([dnsperf, "-h"], capture_output=True, text=True, check=False)
+    found = re.search(r"Version \S+", out.stdout + out.stderr)
+    return found.group(0) if found else "?"
 
 
 def tool_versions() -> dict[str, str]:
@@ -306,6 +537,8 @@ def tool_versions() -> dict[str, str]:
         "redis-server": version_line([find_tool("redis-server"), "--version"]),
         "wrk": version_line([find_tool("wrk"), "--version"]),
         "nginx": version_line([find_tool("nginx"), "-v"]),
+        "dnsmasq": version_line([find_tool("dnsmasq"), "--version"]),
+        "dnsperf": _dnsperf_version(),
     }
     socat = subprocess.run(
         [find_tool("socat"), "-V"], capture_output=True, text=True, check=False

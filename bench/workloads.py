@@ -21,10 +21,20 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .procs import Proc, cpu_seconds, free_port, rss_kib, wait_listening
+from . import dnsload
+from .procs import (
+    Proc,
+    cpu_seconds,
+    free_port,
+    free_udp_port,
+    rss_kib,
+    udp_drops,
+    wait_listening,
+)
 from .tunnels import RunningTunnel, find_tool
 
 __all__ = [
@@ -32,7 +42,10 @@ __all__ = [
     "Targets",
     "bulk_echo",
     "churn",
+    "dns_qps",
+    "flow_drops",
     "iperf",
+    "iperf_udp",
     "redis_ping",
     "scale",
 ]
@@ -55,10 +68,24 @@ class Sizes:
     churn_connections: int = 10
     bulk_bytes: int = 8 * 1024 * 1024
     scale_counts: tuple[int, ...] = (1000, 10_000)
+    #: iperf-udp: iperf3 -u -b RATE -l LENGTH, for whole seconds (iperf3's -t)...
+    udp_rate: str = "200M"
+    udp_length: int = 1200
+    udp_seconds: int = 3
+    #: ...or, when set, this many bytes (-n) at that rate.
+    udp_bytes: int | None = None
+    #: dns-qps: at most this many queries, for at most this many seconds, from
+    #: ``dns_sources`` source sockets (flows), ``dns_window`` outstanding in all.
+    dns_queries: int = 2_000_000
+    dns_seconds: int = 3
+    dns_sources: int = 8
+    dns_window: int = 64
+    #: A query unanswered this long is lost.
+    dns_timeout: float = 1.0
 
 
 class Targets:
-    """The servers the tunnels lead to: iperf3, redis, nginx, echo. Started once."""
+    """The servers the tunnels lead to: iperf3, redis, nginx, echo, dnsmasq. Started once."""
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
@@ -72,7 +99,8 @@ class Targets:
         return self.ports[name]
 
     def _start_iperf3(self) -> None:
-        port = free_port()
+        # Free for UDP too: iperf-udp's stream goes to the same port number.
+        port = free_udp_port()
         proc = Proc(
             "iperf3-server",
             [find_tool("iperf3"), "-s", "-B", "127.0.0.1", "-p", str(port)],
@@ -117,6 +145,21 @@ class Targets:
         assert proc.popen.stdout is not None
         port = int(proc.popen.stdout.readline())
         self._procs["echo"], self.ports["echo"] = proc, port
+
+    def _start_dnsmasq(self) -> None:
+        """dnsmasq answering ``bench.example`` (and names under it) with 10.9.9.9 itself."""
+        port = free_udp_port()  # dnsmasq binds TCP on it too
+        argv = [find_tool("dnsmasq"), "--no-daemon", "--conf-file=/dev/null", "--no-resolv"]
+        argv += ["--no-hosts", f"--port={port}", "--listen-address=127.0.0.1"]
+        argv += ["--bind-interfaces", f"--address=/{dnsload.NAME}/{dnsload.ANSWER}"]
+        argv += ["--user=root", f"--pid-file={self.workdir / 'dnsmasq.pid'}"]
+        proc = Proc("dnsmasq", argv, self.workdir)
+        deadline = time.monotonic() + 20
+        while not dnsload.query_once(port, timeout=0.2):
+            if proc.popen.poll() is not None or time.monotonic() > deadline:
+                proc.stop()
+                raise RuntimeError(f"dnsmasq does not answer on {port}:\n{proc.output()}")
+        self._procs["dnsmasq"], self.ports["dnsmasq"] = proc, port
 
     def restart(self, name: str) -> None:
         """Stop one target so the next ``port(name)`` starts it afresh."""
@@ -183,6 +226,28 @@ def _run(argv: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
     )
 
 
+def _run_polling(
+    argv: list[str], timeout: float, poll: Callable[[], object], every: float = 0.1
+) -> subprocess.CompletedProcess[str]:
+    """``_run``, calling ``poll()`` every ``every`` seconds while the command runs."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(argv, stdout=out, stderr=err, text=True, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout
+        try:
+            while proc.poll() is None:
+                if time.monotonic() > deadline:
+                    raise subprocess.TimeoutExpired(argv, timeout)
+                poll()
+                time.sleep(every)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+        out.seek(0)
+        err.seek(0)
+        return subprocess.CompletedProcess(argv, proc.returncode, out.read(), err.read())
+
+
 def _failed(detail: str, **figures: Any) -> Result:
     return {"ok": False, "detail": detail[-600:], **figures}
 
@@ -218,6 +283,189 @@ def iperf(tunnel: RunningTunnel, sizes: Sizes, *, reverse: bool, streams: int) -
     if moved <= 0 or moved > int(sent["bytes"]):
         return _failed(f"iperf3 received {moved} of {sent['bytes']} bytes sent", **figures)
     return {"ok": True, "detail": "", **figures}
+
+
+# ----------------------------------------------------------- iperf3 -u
+
+
+def iperf_udp(tunnel: RunningTunnel, sizes: Sizes) -> Result:
+    """iperf3 -u at a fixed offered rate, one stream: what arrived (Mbit/s), the loss.
+
+    iperf3's control connection is TCP to the same port number as its UDP
+    stream, so the tunnel carries both (``start_udp(..., tcp=True)``). Loss is
+    not a failure (UDP drops under overload, by design); a run is ok when
+    iperf3 finished and something arrived.
+    """
+    argv = [find_tool("iperf3"), "-c", "127.0.0.1", "-p", str(tunnel.port), "-J", "-u"]
+    argv += ["-b", sizes.udp_rate, "-l", str(sizes.udp_length)]
+    if sizes.udp_bytes is not None:
+        argv += ["-n", str(sizes.udp_bytes)]
+    else:
+        argv += ["-t", str(sizes.udp_seconds)]
+    cpu_before = cpu_seconds(tunnel.pids)
+    # The tunnel's socket may be gone when iperf3 ends (websocat's udp-l client exits
+    # once its WebSocket does), so its drop counter is read while iperf3 runs.
+    drops: list[int] = []
+    polled = [udp_drops(tunnel.port) if tunnel.pids else None]
+    done = _run_polling(argv, sizes.udp_seconds + 60, lambda: polled.append(udp_drops(tunnel.port)))
+    cpu = cpu_seconds(tunnel.pids) - cpu_before
+    if tunnel.pids:
+        polled.append(udp_drops(tunnel.port))
+        drops = [n for n in polled if n is not None]
+    try:
+        report = json.loads(done.stdout)
+    except json.JSONDecodeError:
+        return _failed(f"iperf3 exit {done.returncode}: {done.stdout}{done.stderr}")
+    if "error" in report or done.returncode != 0:
+        return _failed(f"iperf3: {report.get('error', done.stderr)}")
+    received = report["end"]["sum_received"]
+    sent = report["end"]["sum_sent"]
+    moved = int(received["bytes"])
+    entry_drops = drops[-1] - drops[0] if polled[0] is not None and drops else None
+    figures: Result = {
+        # The tunnel's own UDP socket (where iperf3 sends) overflowed: the tunnel
+        # did not read fast enough.
+        "entry_drops": entry_drops,
+        "mbps": received["bits_per_second"] / 1e6,
+        "loss_pct": float(received["lost_percent"]),
+        "sent_mbps": sent["bits_per_second"] / 1e6,
+        "bytes": moved,
+        "datagrams": int(received["packets"]),
+        "lost": int(received["lost_packets"]),
+        "jitter_ms": float(received["jitter_ms"]),
+        "cpu_s_per_gib": cpu / (moved / GIB) if tunnel.pids and moved else None,
+    }
+    if moved <= 0 or moved > int(sent["bytes"]):
+        return _failed(f"iperf3 received {moved} of {sent['bytes']} bytes sent", **figures)
+    return {"ok": True, "detail": "", **figures}
+
+
+_FLOW_LINE = re.compile(r"flow closed .*?dropped_up=(\d+) dropped_down=(\d+)")
+
+
+def flow_drops(tunnel: RunningTunnel) -> Result:
+    """Datagrams wstun itself dropped, from its ``flow closed`` lines (after it stopped).
+
+    ``dropped_up`` counts on the client (its queue toward the WebSocket full),
+    ``dropped_down`` on the server; the rest of iperf3's loss was lost in the
+    kernel (a socket's receive buffer full). Empty for other tunnels.
+    """
+    if not any(proc.name.startswith("wstun-") for proc in tunnel.procs):
+        return {}
+    dropped: dict[str, int | None] = {"client": None, "server": None}
+    for proc in tunnel.procs:
+        side = "client" if proc.name.endswith("client") else "server"
+        with contextlib.suppress(OSError):
+            for match in _FLOW_LINE.finditer(proc.log_path.read_text(errors="replace")):
+                dropped[side] = (dropped[side] or 0) + int(match.group(1)) + int(match.group(2))
+    # None: no flow line (a build without them, or the flow never opened).
+    return {"wstun_dropped_client": dropped["client"], "wstun_dropped_server": dropped["server"]}
+
+
+# ------------------------------------------------------------------- DNS
+
+
+def dns_qps(
+    tunnel: RunningTunnel, sizes: Sizes, *, sources: int, workdir: Path, tool: str = "auto"
+) -> Result:
+    """DNS queries per second to dnsmasq through the tunnel, from ``sources`` sockets.
+
+    dnsperf when it is installed (``tool="auto"``), else bench/dnsload.py; each
+    source socket is a flow through the tunnel, at most ``sizes.dns_window``
+    queries outstanding in all. A run is ok when every query was answered with
+    NOERROR (a bounded window never overruns a tunnel's queue: a lost query is
+    a fault).
+    """
+    if tool == "auto":
+        try:
+            find_tool("dnsperf")
+            tool = "dnsperf"
+        except FileNotFoundError:
+            tool = "dnsload"
+    cpu = _SideCpu(tunnel)
+    if tool == "dnsperf":
+        figures = _dnsperf(tunnel.port, sizes, sources, workdir)
+    else:
+        figures = _dnsload(tunnel.port, sizes, sources)
+    if "detail" in figures:
+        return _failed(str(figures.pop("detail")), **figures)
+    figures.update(cpu.per_op_us(int(figures["answered"]), "query"))
+    figures["tool"] = tool
+    if figures["answered"] <= 0 or figures["lost"] or figures.get("bad"):
+        return _failed(
+            f"{tool}: {figures['answered']} of {figures['sent']} answered, "
+            f"{figures['lost']} lost, {figures.get('bad', 0)} bad",
+            **figures,
+        )
+    return {"ok": True, "detail": "", **figures}
+
+
+def _dnsperf(port: int, sizes: Sizes, sources: int, workdir: Path) -> Result:
+    """dnsperf -c SOURCES -q WINDOW -l SECONDS -n QUERIES -v; p50/p99 from its -v lines."""
+    data = workdir / "dnsperf-queries.txt"
+    data.write_text(f"{dnsload.NAME} A\n")
+    out_path = workdir / f"dnsperf-{time.monotonic_ns()}.txt"
+    argv = [find_tool("dnsperf"), "-s", "127.0.0.1", "-p", str(port), "-d", str(data)]
+    argv += ["-c", str(sources), "-T", "1", "-q", str(sizes.dns_window)]
+    # -n: runs through the one-line file, so queries.
+    argv += ["-l", str(sizes.dns_seconds), "-n", str(sizes.dns_queries)]
+    argv += ["-t", f"{sizes.dns_timeout:g}", "-v"]
+    try:
+        with out_path.open("w") as out:
+            done = subprocess.run(
+                argv,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                timeout=sizes.dns_seconds + sizes.dns_timeout + 60,
+                check=False,
+            )
+        text = out_path.read_text(errors="replace")
+    finally:
+        out_path.unlink(missing_ok=True)
+    latencies: list[float] = []
+    for line in text.splitlines():
+        if line.startswith("> "):  # > NOERROR bench.example A 0.000186
+            with contextlib.suppress(ValueError, IndexError):
+                latencies.append(float(line.rsplit(" ", 1)[1]))
+    summary = text[text.find("Statistics:") :] if "Statistics:" in text else text[-2000:]
+
+    def number(pattern: str) -> float | None:
+        found = re.search(pattern, summary)
+        return float(found.group(1)) if found else None
+
+    sent = number(r"Queries sent:\s+(\d+)")
+    answered = number(r"Queries completed:\s+(\d+)")
+    lost = number(r"Queries lost:\s+(\d+)")
+    qps = number(r"Queries per second:\s+([\d.]+)")
+    noerror = number(r"Response codes:.*?NOERROR (\d+)")
+    if done.returncode != 0 or sent is None or answered is None or lost is None or qps is None:
+        return {"detail": f"dnsperf exit {done.returncode}: {summary[-600:]}"}
+    latencies.sort()
+    p50, p99 = dnsload.percentile(latencies, 0.5), dnsload.percentile(latencies, 0.99)
+    return {
+        "qps": qps,
+        "p50_ms": None if p50 is None else p50 * 1000,
+        "p99_ms": None if p99 is None else p99 * 1000,
+        "sent": int(sent),
+        "answered": int(answered),
+        "lost": int(lost),
+        "bad": int(answered) - int(noerror or 0),
+        "seconds": number(r"Run time \(s\):\s+([\d.]+)"),
+    }
+
+
+def _dnsload(port: int, sizes: Sizes, sources: int) -> Result:
+    argv = [sys.executable, str(BENCH_DIR / "dnsload.py"), str(port)]
+    argv += ["--queries", str(sizes.dns_queries), "--sources", str(sources)]
+    argv += ["--window", str(sizes.dns_window), "--seconds", str(sizes.dns_seconds)]
+    argv += ["--timeout", f"{sizes.dns_timeout:g}"]
+    done = _run(argv, timeout=sizes.dns_seconds + sizes.dns_timeout + 60)
+    try:
+        report: Result = json.loads(done.stdout)
+    except json.JSONDecodeError:
+        return {"detail": f"dnsload exit {done.returncode}: {done.stdout}{done.stderr}"}
+    return report
 
 
 # ------------------------------------------------------- CPU per operation

@@ -66,6 +66,15 @@ def test_smoke_every_tunnel_moves_its_bytes(tmp_path) -> None:
         assert results["bulk"][tunnel][0]["bytes"] == sizes.bulk_bytes
         assert results["churn"][tunnel][0]["errors"] == 0
         assert results["iperf-down"][tunnel][0]["bytes"] > 0
+    # The UDP workloads ran on the tunnels that carry UDP (ok: iperf3 -u delivered,
+    # every DNS query answered), and on no other.
+    udp = [t for t in tunnels if TUNNELS[t].start_udp is not None]
+    assert {"direct", "websocat", "wstun"} <= set(udp)
+    assert sorted(results["iperf-udp"]) == sorted(udp)
+    assert all(results["iperf-udp"][t][0]["bytes"] > 0 for t in udp)
+    assert "websocat" not in results["dns-qps"]  # one UDP peer per websocat udp-l:
+    assert "wstun" in results["dns-qps"]
+    assert "websocat" in results["dns-qps-1"]
     meta = {
         "name": "smoke",
         "started": "now",
