@@ -125,6 +125,15 @@ class DatagramFlow:
         self._ready = asyncio.Event()
         self._last = time.monotonic()
         self.done = asyncio.Event()
+        # Set by stop(): this side ends the flow (a drain), with this reason.
+        self._stopping = asyncio.Event()
+        self._stop_reason = "shutting down"
+
+    def stop(self, reason: str) -> None:
+        """End the flow now from this side (1001 with ``reason``): UDP has no end of its
+        own to wait for."""
+        self._stop_reason = reason
+        self._stopping.set()
 
     # Counting, by direction.
 
@@ -213,6 +222,7 @@ class DatagramFlow:
             asyncio.ensure_future(self._pump_out()),
             asyncio.ensure_future(self._pump_in()),
             asyncio.ensure_future(self._watch_idle()),
+            asyncio.ensure_future(self._stopping.wait()),
         ]
         code, reason = CloseCode.NORMAL, "udp flow timeout"
         try:
@@ -220,12 +230,18 @@ class DatagramFlow:
             finished = done.pop()
             if finished is tasks[2]:
                 report.end = FlowEnd.TIMEOUT
+            elif finished is tasks[3]:
+                report.end, code, reason = FlowEnd.CLOSED, CloseCode.GOING_AWAY, self._stop_reason
             else:
                 exc = finished.exception()
                 if isinstance(exc, ConnectionClosed):
                     frame = exc.rcvd
                     if frame is not None and frame.code in CLEAN_CLOSE_CODES:
                         report.end, code, reason = FlowEnd.CLOSED, CloseCode.NORMAL, ""
+                    elif frame is not None and frame.code == CloseCode.GOING_AWAY:
+                        # The far side shut down: for a flow, an end like any other.
+                        report.end, code, reason = FlowEnd.CLOSED, CloseCode.GOING_AWAY, ""
+                        report.reason = f"peer is going away ({frame.reason})".replace(" ()", "")
                     else:
                         report.end = FlowEnd.ERROR
                         report.reason = (

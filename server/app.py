@@ -86,8 +86,9 @@ class TunnelServer:
             observe_dial=self.metrics.dial_seconds.observe,
         )
         self.limits = ConnectionLimits(config.max_connections, config.max_per_client)
-        # The wstun.v2 WebSockets open now (server/channel.py).
+        # The wstun.v2 WebSockets open now (server/channel.py), and the UDP flows.
         self._channels: set[ServerChannel] = set()
+        self._flows: set[DatagramFlow] = set()
         # Reverse tunnels' leases, listeners and data channels (server/reverse.py).
         self.reverse = ReverseService(
             policy=config.policy,
@@ -278,9 +279,13 @@ class TunnelServer:
         )
         udp.attach(flow)
         self.metrics.flow_opened(report)
+        self._flows.add(flow)
+        if self.draining:
+            flow.stop("server is shutting down")
         try:
             await flow.run(logger)
         finally:
+            self._flows.discard(flow)
             udp.close()
             self.metrics.flow_ended(report)
 
@@ -368,6 +373,9 @@ class TunnelServer:
         self.draining = True
         # Reverse listeners and control channels close at once; their tunnels go on.
         await self.reverse.shut_down()
+        # UDP flows have no end of their own to wait for: they close at once (1001).
+        for flow in list(self._flows):
+            flow.stop("server is shutting down")
         # Idle reusable WebSockets go at once; their tunnels, when they carry one, go on.
         await asyncio.gather(
             *(channel.close_if_idle() for channel in list(self._channels)),
