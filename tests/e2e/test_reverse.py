@@ -584,9 +584,11 @@ async def test_drain_closes_listeners_at_once_and_lets_tunnels_finish(wstun: Wst
 async def test_metrics_count_reverse_tunnels_by_kind(wstun: Wstun, target) -> None:
     service = await target(echo_target())
     mport = free_port()
-    _, _, port = await reverse(wstun, service, "--metrics-listen", f"127.0.0.1:{mport}")
+    server, _, port = await reverse(wstun, service, "--metrics-listen", f"127.0.0.1:{mport}")
     for payload in (b"a" * 10, b"b" * 20):
         assert await echo(port, payload) == payload
+    # Counted when the server's side of each tunnel ends, as its log line is written.
+    await server.wait_for(LINE.format(side="s"), count=2)
     reader, writer = await asyncio.open_connection("127.0.0.1", mport)
     writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
     text = (await asyncio.wait_for(reader.read(), TIMEOUT)).decode()
