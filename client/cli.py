@@ -30,7 +30,6 @@ from wstun.client.socks import SocksProxy
 from wstun.client.status import wanted
 from wstun.client.stdio import stdio_main
 from wstun.client.udp import DEFAULT_MAX_UDP_FLOWS
-from wstun.common.datagram import DEFAULT_UDP_TIMEOUT
 from wstun.common.errors import TargetError
 from wstun.common.options import (
     ENV_PREFIX,
@@ -41,6 +40,7 @@ from wstun.common.options import (
     load_token,
     log_level_from,
     seconds_or_off,
+    udp_timeout_option,
     usage_errors,
     wstun_command,
 )
@@ -235,13 +235,7 @@ def _check_url(ctx: click.Context, param: click.Parameter, value: str) -> str:
     help="Idle data channels each -R keeps open, so a connection on the server's port "
     "needs no new WebSocket (more are opened when connections wait).",
 )
-@click.option(
-    "--udp-timeout",
-    type=click.FloatRange(min=0, min_open=True),
-    default=DEFAULT_UDP_TIMEOUT,
-    show_default=True,
-    help="Seconds a UDP flow (-L .../udp) lives without a datagram either way.",
-)
+@udp_timeout_option("Seconds a UDP flow (-L .../udp) lives without a datagram either way.")
 @click.option(
     "--max-udp-flows",
     type=click.IntRange(min=1),

@@ -44,8 +44,8 @@ from wstun.common.protocol import (
     parse_answer,
 )
 from wstun.common.streams import ByteStream, TunnelClientConnection, WebSocketStream
-from wstun.common.streams.internals import drop, lost_waiter
-from wstun.common.streams.keepalive import Keepalive
+from wstun.common.streams.internals import close_or_drop, lost_waiter
+from wstun.common.streams.keepalive import Keepalive, keepalive_for
 
 __all__ = ["PooledDialer"]
 
@@ -138,11 +138,7 @@ class PooledDialer:
 
     def _channel(self, connection: TunnelClientConnection) -> _Channel:
         config = self.dialer.config
-        keepalive = (
-            Keepalive(connection, config.ping_interval, config.ping_timeout)
-            if config.ping_interval
-            else None
-        )
+        keepalive = keepalive_for(connection, config.ping_interval, config.ping_timeout)
         channel = _Channel(connection, keepalive, time.monotonic())
         lost_waiter(connection).add_done_callback(lambda _: self._forget(channel))
         return channel
@@ -298,13 +294,7 @@ class PooledDialer:
     async def _close(self, channel: _Channel, code: int, reason: str) -> None:
         """The closing handshake, 2 s at most; then, or if cancelled, the socket is cut."""
         self._forget(channel)
-        try:
-            await asyncio.wait_for(channel.connection.close(code, reason), 2.0)
-        except asyncio.CancelledError:
-            drop(channel.connection)
-            raise
-        except Exception:  # a timeout, or the connection already broken
-            drop(channel.connection)
+        await close_or_drop(channel.connection, code, reason)
 
     async def close_idle(self, reason: str = "not needed") -> None:
         """Close the idle WebSockets now (1001); the next tunnel refills the pool."""

@@ -57,8 +57,8 @@ from wstun.common.streams import (
     WebSocketStream,
     open_tcp,
 )
-from wstun.common.streams.internals import drop
-from wstun.common.streams.keepalive import Keepalive
+from wstun.common.streams.internals import close_or_drop, drop
+from wstun.common.streams.keepalive import Keepalive, keepalive_for
 
 if TYPE_CHECKING:
     from wstun.client.dialer import WebSocketDialer
@@ -186,13 +186,7 @@ class _Channel:
     async def close(self, code: int, reason: str) -> None:
         if self.keepalive is not None:
             self.keepalive.stop()
-        try:
-            await asyncio.wait_for(self.connection.close(code, reason), 2.0)
-        except asyncio.CancelledError:
-            drop(self.connection)
-            raise
-        except Exception:
-            drop(self.connection)
+        await close_or_drop(self.connection, code, reason)
 
 
 class _Channels:
@@ -230,11 +224,7 @@ class _Channels:
         self.opening -= 1
         self._failures = 0
         config = forward.dialer.config
-        keepalive = (
-            Keepalive(connection, config.ping_interval, config.ping_timeout)
-            if config.ping_interval
-            else None
-        )
+        keepalive = keepalive_for(connection, config.ping_interval, config.ping_timeout)
         channel = _Channel(connection, keepalive)
         if self.closed:
             await channel.close(CloseCode.NORMAL, "not needed")
@@ -371,8 +361,6 @@ class ReverseForward:
         self.stopping = False
         #: Set when the forward stopped for good on a refusal.
         self.failed: HandshakeError | None = None
-        #: Set once the first listener is up (or the forward failed).
-        self.settled = asyncio.Event()
 
     @property
     def name(self) -> str:
@@ -419,7 +407,6 @@ class ReverseForward:
                 if _fatal(exc):
                     self.failed = exc
                     logger.error("%s: %s; this forward stops", self.name, exc.outcome)
-                    self.settled.set()
                     return
                 if lost is None:
                     lost = exc.outcome
@@ -459,7 +446,6 @@ class ReverseForward:
         elif lost is not None:
             tries = f"after {attempts + 1} attempt{'s' if attempts else ''}"
             logger.info("%s back on %s %s", self.name, bound, tries)
-        self.settled.set()
         self._channels.top_up()
 
     async def _listen(self) -> tuple[TunnelClientConnection, Listening]:
@@ -483,15 +469,15 @@ class ReverseForward:
                 raise ControlError("payload instead of an answer to listen")
             control = parse_control(answer)
         except ControlError as exc:
-            await _close(connection, CloseCode.PROTOCOL_ERROR, str(exc))
+            await close_or_drop(connection, CloseCode.PROTOCOL_ERROR, str(exc))
             raise _Unsupported(
                 0, f"the server does not speak wstun's reverse protocol: {exc}"
             ) from None
         if isinstance(control, Refused):
-            await _close(connection, CloseCode.NORMAL, "refused")
+            await close_or_drop(connection, CloseCode.NORMAL, "refused")
             raise _Refusal(control.status, control.reason, control.retry_after)
         if not isinstance(control, Listening):
-            await _close(connection, CloseCode.PROTOCOL_ERROR, "expected listening")
+            await close_or_drop(connection, CloseCode.PROTOCOL_ERROR, "expected listening")
             raise _Unsupported(
                 0, f"the server does not speak wstun's reverse protocol (it sent {control})"
             )
@@ -501,11 +487,7 @@ class ReverseForward:
         """Read the control channel until it closes; returns why it did."""
         self._control = connection
         config = self.dialer.config
-        keepalive = (
-            Keepalive(connection, config.ping_interval, config.ping_timeout)
-            if config.ping_interval
-            else None
-        )
+        keepalive = keepalive_for(connection, config.ping_interval, config.ping_timeout)
         try:
             while True:
                 message = await connection.recv()
@@ -516,7 +498,7 @@ class ReverseForward:
                     if not isinstance(control, Demand):
                         raise ControlError(f"unexpected {type(control).__name__.lower()}")
                 except ControlError as exc:
-                    await _close(connection, CloseCode.PROTOCOL_ERROR, str(exc))
+                    await close_or_drop(connection, CloseCode.PROTOCOL_ERROR, str(exc))
                     return f"the server broke the protocol: {exc}"
                 if self._channels is not None:
                     self._channels.top_up(control.waiting)
@@ -537,7 +519,7 @@ class ReverseForward:
         if control is not None:
             with contextlib.suppress(ConnectionClosed):
                 await control.send(encode_control(Release()))
-            await _close(control, CloseCode.NORMAL, "client shutting down")
+            await close_or_drop(control, CloseCode.NORMAL, "client shutting down")
         if self._channels is not None:
             await self._channels.close("client shutting down")
 
@@ -557,10 +539,3 @@ def _delay(attempt: int, retry_after: float | None) -> float:
     if retry_after is not None:
         delay = min(delay, retry_after + 0.1)
     return delay
-
-
-async def _close(connection: TunnelClientConnection, code: int, reason: str) -> None:
-    try:
-        await asyncio.wait_for(connection.close(code, reason[:120]), 2.0)
-    except Exception:
-        drop(connection)

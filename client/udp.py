@@ -15,7 +15,6 @@ dropped for a moment rather than opening a WebSocket for each one.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import socket
 import time
@@ -26,9 +25,10 @@ from wstun.client.forward import Forward
 from wstun.common.datagram import (
     DEFAULT_QUEUE_BYTES,
     DEFAULT_QUEUE_DATAGRAMS,
-    LOCAL_BUFFER_LIMIT,
     DatagramFlow,
     FlowReport,
+    send_datagram,
+    udp_socket,
 )
 from wstun.common.errors import HandshakeError
 from wstun.common.protocol import SUBPROTOCOL_UDP
@@ -184,18 +184,7 @@ class UdpListener(asyncio.DatagramProtocol):
         logger.debug("-L %s: %s", self.forward, exc)
 
     def send(self, data: bytes, addr: Address) -> bool:
-        transport = self.endpoint
-        if transport is None or transport.is_closing():
-            return False
-        if transport.get_write_buffer_size() > LOCAL_BUFFER_LIMIT:  # type: ignore[attr-defined]
-            return False  # full: dropped, as UDP does
-        if not data:
-            if self.sock is not None:
-                with contextlib.suppress(OSError):  # would block, or an error: dropped
-                    self.sock.sendto(b"", addr)
-            return True
-        transport.sendto(data, addr)
-        return True
+        return send_datagram(self.endpoint, self.sock, data, addr)
 
     def forget(self, flow: _Flow) -> None:
         if self.flows.get(flow.source) is flow:
@@ -208,10 +197,8 @@ class UdpListener(asyncio.DatagramProtocol):
 
 def bind_udp(host: str, port: int) -> socket.socket:
     """A non-blocking UDP socket bound to ``host``:``port`` (an address)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_DGRAM)
+    sock = udp_socket(host)
     try:
-        sock.setblocking(False)
         sock.bind((host, port))
     except BaseException:
         sock.close()

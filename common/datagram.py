@@ -20,8 +20,10 @@ import collections
 import contextlib
 import dataclasses
 import logging
+import socket
 import time
 from collections.abc import Callable
+from typing import Any
 
 from websockets.asyncio.connection import Connection
 from websockets.exceptions import ConnectionClosed
@@ -37,6 +39,8 @@ __all__ = [
     "DatagramFlow",
     "FlowEnd",
     "FlowReport",
+    "send_datagram",
+    "udp_socket",
 ]
 
 #: Seconds without a datagram either way after which a flow ends (``--udp-timeout``).
@@ -48,6 +52,42 @@ DEFAULT_QUEUE_BYTES = 1 << 20
 MAX_DATAGRAM = 65527
 #: Bytes the local socket may hold unsent before datagrams for it are dropped.
 LOCAL_BUFFER_LIMIT = 1 << 20
+
+
+def udp_socket(host: str) -> socket.socket:
+    """A non-blocking UDP socket of ``host``'s family (``host``: an address). Each side
+    keeps the socket itself beside its transport, for empty datagrams."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setblocking(False)
+    return sock
+
+
+def send_datagram(
+    transport: asyncio.DatagramTransport | None,
+    sock: socket.socket | None,
+    data: bytes,
+    addr: Any = None,
+) -> bool:
+    """Send one datagram (to ``addr``, or on a connected socket); False when it is
+    dropped: the transport is gone, or already holds over LOCAL_BUFFER_LIMIT bytes.
+
+    An empty datagram goes through ``sock`` itself: asyncio's and uvloop's
+    ``sendto()`` silently send nothing for ``b""``.
+    """
+    if transport is None or transport.is_closing():
+        return False
+    if transport.get_write_buffer_size() > LOCAL_BUFFER_LIMIT:  # type: ignore[attr-defined]
+        return False  # full: dropped, as UDP does
+    if not data:
+        if sock is not None:
+            with contextlib.suppress(OSError):  # would block, or an error: dropped
+                if addr is None:
+                    sock.send(b"")
+                else:
+                    sock.sendto(b"", addr)
+        return True
+    transport.sendto(data, addr)
+    return True
 
 
 class FlowEnd:

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 import click
 
 from wstun.common import __version__
+from wstun.common.datagram import DEFAULT_UDP_TIMEOUT
 from wstun.common.errors import ConfigError, TargetError
 from wstun.common.protocol import Target, parse_listen, parse_target
 
@@ -137,6 +138,17 @@ def connect_timeout_option(help: str) -> Callable[[F], F]:
         "--connect-timeout",
         type=click.FloatRange(min=0, min_open=True),
         default=10.0,
+        show_default=True,
+        help=help,
+    )
+
+
+def udp_timeout_option(help: str) -> Callable[[F], F]:
+    """``--udp-timeout S``: the same on both sides, each ending its flows by it."""
+    return click.option(
+        "--udp-timeout",
+        type=click.FloatRange(min=0, min_open=True),
+        default=DEFAULT_UDP_TIMEOUT,
         show_default=True,
         help=help,
     )

@@ -12,8 +12,6 @@ a message that breaks the protocol closes it with 1002 (docs/design.md,
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import enum
 import logging
 from collections.abc import Awaitable, Callable
@@ -34,7 +32,7 @@ from wstun.common.protocol import (
     parse_control,
 )
 from wstun.common.streams import TcpStream, WebSocketStream
-from wstun.common.streams.keepalive import Keepalive
+from wstun.common.streams.keepalive import keepalive_for
 from wstun.server.connection import HandshakeConnection
 
 __all__ = ["ChannelState", "ServerChannel"]
@@ -87,9 +85,7 @@ class ServerChannel:
         self._draining = draining
         self.state = ChannelState.IDLE
         #: One keepalive for the connection, idle or carrying a tunnel.
-        self.keepalive = (
-            Keepalive(connection, ping_interval, ping_timeout or None) if ping_interval else None
-        )
+        self.keepalive = keepalive_for(connection, ping_interval, ping_timeout)
 
     def stream(self) -> WebSocketStream:
         """The stream of the next tunnel on this WebSocket."""
@@ -167,19 +163,13 @@ class ServerChannel:
         """Close with 1002 and the reason; the connection is done."""
         logger.info("protocol error peer=%s: %s", self.connection.client_peer, reason)
         self.state = ChannelState.CLOSED
-        with contextlib.suppress(TimeoutError, ConnectionClosed):
-            await asyncio.wait_for(
-                self.connection.close(CloseCode.PROTOCOL_ERROR, reason[:120]), 2.0
-            )
+        await self.connection.close_within(CloseCode.PROTOCOL_ERROR, reason)
 
     async def close_if_idle(self) -> None:
         """On drain: close an idle WebSocket at once (1001); a tunnel goes on."""
         if self.state in (ChannelState.IDLE, ChannelState.REFUSED):
             self.state = ChannelState.CLOSED
-            with contextlib.suppress(TimeoutError, ConnectionClosed):
-                await asyncio.wait_for(
-                    self.connection.close(CloseCode.GOING_AWAY, "server is shutting down"), 2.0
-                )
+            await self.connection.close_within(CloseCode.GOING_AWAY, "server is shutting down")
 
 
 def _name(control: Control) -> str:

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import click
 
-from wstun.common.datagram import DEFAULT_UDP_TIMEOUT
 from wstun.common.options import (
     ENV_PREFIX,
     LISTEN,
@@ -19,6 +18,7 @@ from wstun.common.options import (
     load_token,
     log_level_from,
     seconds_or_off,
+    udp_timeout_option,
     usage_errors,
     wstun_command,
 )
@@ -108,13 +108,7 @@ logger = logging.getLogger("wstun.server")
     show_default=True,
     help="Connections on a reverse port that may wait for the client; more are reset.",
 )
-@click.option(
-    "--udp-timeout",
-    type=click.FloatRange(min=0, min_open=True),
-    default=DEFAULT_UDP_TIMEOUT,
-    show_default=True,
-    help="Seconds a UDP flow lives without a datagram either way.",
-)
+@udp_timeout_option("Seconds a UDP flow lives without a datagram either way.")
 @click.option(
     "--policy-file",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),

@@ -12,9 +12,12 @@ hooks into websockets for that are in :mod:`wstun.common.streams.internals`.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
+from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Response
 from websockets.server import ServerProtocol
 
@@ -61,6 +64,12 @@ class HandshakeConnection(TunnelServerConnection):
         self.client_peer: str = "-"
         # The last response made by respond(): ours, already through _reject.
         self.responded: Response | None = None
+
+    async def close_within(self, code: int = 1000, reason: str = "") -> None:
+        """The closing handshake, waited for 2 s at most; a connection already gone or
+        slow to answer is left to websockets' own close timeout."""
+        with contextlib.suppress(TimeoutError, ConnectionClosed):
+            await asyncio.wait_for(self.close(code, reason[:120]), 2.0)
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)

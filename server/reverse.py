@@ -57,7 +57,7 @@ from wstun.common.streams import (
     WebSocketStream,
     tcp_protocol_factory,
 )
-from wstun.common.streams.keepalive import Keepalive
+from wstun.common.streams.keepalive import Keepalive, keepalive_for
 from wstun.server.addresses import parse_ip
 from wstun.server.connection import HandshakeConnection
 from wstun.server.limits import client_host
@@ -366,8 +366,7 @@ class DataChannel:
         return await service.relay(stream, ws, report)
 
     async def _close(self, code: int, reason: str) -> None:
-        with contextlib.suppress(TimeoutError, ConnectionClosed):
-            await asyncio.wait_for(self.connection.close(code, reason), 2.0)
+        await self.connection.close_within(code, reason)
 
 
 class ReverseService:
@@ -418,9 +417,7 @@ class ReverseService:
             logger.warning("%s", line)
 
     def _keepalive(self, connection: HandshakeConnection) -> Keepalive | None:
-        if not self.ping_interval:
-            return None
-        return Keepalive(connection, self.ping_interval, self.ping_timeout or None)
+        return keepalive_for(connection, self.ping_interval, self.ping_timeout)
 
     async def serve(self, connection: HandshakeConnection) -> None:
         """A ``wstun.reverse.v1`` WebSocket: its first message makes it a control
@@ -447,8 +444,7 @@ class ReverseService:
     async def violation(self, connection: HandshakeConnection, reason: str) -> None:
         """Close with 1002 and the reason; no traceback, nothing else affected."""
         logger.info("protocol error peer=%s: %s", connection.client_peer, reason)
-        with contextlib.suppress(TimeoutError, ConnectionClosed):
-            await asyncio.wait_for(connection.close(CloseCode.PROTOCOL_ERROR, reason[:120]), 2.0)
+        await connection.close_within(CloseCode.PROTOCOL_ERROR, reason)
 
     async def _refusal(
         self, connection: HandshakeConnection, rejection: HandshakeRejection, retry: float | None
@@ -458,7 +454,7 @@ class ReverseService:
             await connection.send(
                 encode_control(Refused(rejection.status, rejection.reason, retry))
             )
-            await asyncio.wait_for(connection.close(), 2.0)
+        await connection.close_within()
 
     # Control channels.
 
@@ -471,11 +467,9 @@ class ReverseService:
         replaced = lease.take_control(connection)
         if replaced is not None:
             logger.info("reverse %s: taken back by a new control channel", lease)
-            with contextlib.suppress(TimeoutError, ConnectionClosed):
-                await asyncio.wait_for(
-                    replaced.close(CloseCode.POLICY_VIOLATION, "lease taken by a newer connection"),
-                    2.0,
-                )
+            await replaced.close_within(
+                CloseCode.POLICY_VIOLATION, "lease taken by a newer connection"
+            )
         keepalive = self._keepalive(connection)
         why = "closed"
         try:
@@ -495,8 +489,7 @@ class ReverseService:
                     why = f"protocol error: {exc}"
                     break
                 self.end(lease, "released by the client")
-                with contextlib.suppress(TimeoutError, ConnectionClosed):
-                    await asyncio.wait_for(connection.close(), 2.0)
+                await connection.close_within()
                 return
         except ConnectionClosed as closed:
             why = _why(closed, keepalive)
@@ -637,7 +630,7 @@ class ReverseService:
             self.end(lease, "server is shutting down")
         await asyncio.gather(
             *(
-                asyncio.wait_for(control.close(CloseCode.GOING_AWAY, "server is shutting down"), 2)
+                control.close_within(CloseCode.GOING_AWAY, "server is shutting down")
                 for control in controls
             ),
             return_exceptions=True,

@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import socket
 from typing import Any, cast
 
-from wstun.common.datagram import LOCAL_BUFFER_LIMIT, DatagramFlow
+from wstun.common.datagram import DatagramFlow, send_datagram, udp_socket
 
 __all__ = ["UdpSocket", "open_udp"]
 
@@ -61,18 +60,7 @@ class UdpSocket(asyncio.DatagramProtocol):
 
     def send(self, data: bytes) -> bool:
         """Send one datagram to the target; False if dropped (the socket's buffer is full)."""
-        transport = self.endpoint
-        if transport is None or transport.is_closing():
-            return False
-        if transport.get_write_buffer_size() > LOCAL_BUFFER_LIMIT:  # type: ignore[attr-defined]
-            return False  # full: dropped, as UDP does
-        if not data:
-            if self.sock is not None:
-                with contextlib.suppress(OSError):  # would block, or an error: dropped
-                    self.sock.send(b"")
-            return True
-        transport.sendto(data)
-        return True
+        return send_datagram(self.endpoint, self.sock, data)
 
     def close(self) -> None:
         if self.endpoint is not None:
@@ -82,10 +70,8 @@ class UdpSocket(asyncio.DatagramProtocol):
 async def open_udp(address: str, port: int) -> UdpSocket:
     """A UDP socket connected to ``address``:``port`` (an address, never a name)."""
     loop = asyncio.get_running_loop()
-    family = socket.AF_INET6 if ":" in address else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_DGRAM)
+    sock = udp_socket(address)
     try:
-        sock.setblocking(False)
         sock.connect((address, port))
         _, protocol = await loop.create_datagram_endpoint(UdpSocket, sock=sock)
     except BaseException:

@@ -72,6 +72,7 @@ __all__ = [
     "TunnelConnection",
     "TunnelServerConnection",
     "close_exception",
+    "close_or_drop",
     "drain",
     "drop",
     "install_chunk_reader",
@@ -248,6 +249,18 @@ async def drain(connection: Connection) -> None:
 def drop(connection: Connection) -> None:
     """Drop the TCP connection at once, without a closing handshake."""
     connection.transport.abort()
+
+
+async def close_or_drop(connection: Connection, code: int, reason: str) -> None:
+    """The closing handshake, 2 s at most; after that, on any failure, or when
+    cancelled, the TCP connection is dropped (so no socket outlives its owner)."""
+    try:
+        await asyncio.wait_for(connection.close(code, reason[:120]), 2.0)
+    except asyncio.CancelledError:
+        drop(connection)
+        raise
+    except Exception:  # a timeout, or the connection already broken
+        drop(connection)
 
 
 def transport_closing(connection: Connection) -> bool:

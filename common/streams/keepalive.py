@@ -20,7 +20,7 @@ from websockets.protocol import State
 
 from wstun.common.streams.internals import TunnelConnection, drop, reading_paused
 
-__all__ = ["Keepalive"]
+__all__ = ["Keepalive", "keepalive_for"]
 
 
 def _connection_closed(connection: TunnelConnection) -> bool:
@@ -95,3 +95,11 @@ class Keepalive:
                     await ws.wait_received(remaining)
         except ConnectionClosed:
             return
+
+
+def keepalive_for(
+    connection: TunnelConnection, interval: float | None, timeout: float | None
+) -> Keepalive | None:
+    """A Keepalive for ``connection`` every ``interval`` seconds; None when pings are off
+    (``interval`` 0 or None). A ``timeout`` of 0 or None never takes the peer for dead."""
+    return Keepalive(connection, interval, timeout or None) if interval else None

@@ -33,7 +33,7 @@ from wstun.common.streams.internals import (
     write_frame_now,
     write_paused,
 )
-from wstun.common.streams.keepalive import Keepalive
+from wstun.common.streams.keepalive import Keepalive, keepalive_for
 
 __all__ = [
     "WS_MAX_QUEUE",
@@ -120,9 +120,7 @@ class WebSocketStream(ByteStream):
         # What this side did: write_eof(), then close() or abort().
         self._state = StreamState.OPEN
         self._owns_keepalive = keepalive is None
-        self._keepalive = keepalive or (
-            Keepalive(connection, ping_interval, ping_timeout or None) if ping_interval else None
-        )
+        self._keepalive = keepalive or (keepalive_for(connection, ping_interval, ping_timeout))
         self.reusable = reusable
         #: Set by close() when this tunnel ended cleanly and the WebSocket stays open.
         self.reusable_now = False
