@@ -27,7 +27,8 @@ from wstun.client.reverse import ReverseForward
 from wstun.client.socks import SocksConnection, SocksProxy
 from wstun.client.status import ClientCounts, StatusLine
 from wstun.client.tunnel import Dialer, LocalEnd, Tunnel, TunnelSettings
-from wstun.client.udp import UdpListener, bind_udp
+from wstun.client.udp import UdpListener
+from wstun.common.datagram import bind_udp
 from wstun.common.errors import HandshakeError, describe_os_error
 from wstun.common.metrics import TunnelMetrics, serve_metrics
 from wstun.common.protocol import Target

@@ -23,7 +23,7 @@ import logging
 import socket
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from websockets.asyncio.connection import Connection
 from websockets.exceptions import ConnectionClosed
@@ -36,9 +36,15 @@ __all__ = [
     "DEFAULT_UDP_TIMEOUT",
     "LOCAL_BUFFER_LIMIT",
     "MAX_DATAGRAM",
+    "REFUSED_HOLD",
     "DatagramFlow",
     "FlowEnd",
+    "FlowListener",
     "FlowReport",
+    "FlowSource",
+    "UdpSocket",
+    "bind_udp",
+    "open_udp",
     "send_datagram",
     "udp_socket",
 ]
@@ -52,6 +58,13 @@ DEFAULT_QUEUE_BYTES = 1 << 20
 MAX_DATAGRAM = 65527
 #: Bytes the local socket may hold unsent before datagrams for it are dropped.
 LOCAL_BUFFER_LIMIT = 1 << 20
+#: Seconds a source whose flow was refused has its datagrams dropped before trying again.
+REFUSED_HOLD = 2.0
+#: Datagrams from a connected socket's peer kept before its flow starts.
+_EARLY_LIMIT = 64
+
+#: A UDP socket address: ``(host, port)``, or IPv6's four-tuple.
+Address = tuple[Any, ...]
 
 
 def udp_socket(host: str) -> socket.socket:
@@ -176,6 +189,10 @@ class DatagramFlow:
         self._stopping.set()
 
     # Counting, by direction.
+
+    def count_sent(self, data: bytes) -> None:
+        """``data`` went on the WebSocket (sent ahead, before this flow started)."""
+        self._sent(data)
 
     def _sent(self, data: bytes) -> None:
         if self._outbound_up:
@@ -311,3 +328,202 @@ class DatagramFlow:
 
 class _TextMessage(Exception):
     """A text message on a datagram WebSocket: not a datagram."""
+
+
+class UdpSocket(asyncio.DatagramProtocol):
+    """A connected UDP socket whose datagrams go to the flow it is given: the server's
+    socket to a ``-L .../udp`` target, the client's to a ``-R .../udp`` service."""
+
+    def __init__(self) -> None:
+        self.endpoint: asyncio.DatagramTransport | None = None
+        #: The socket itself: empty datagrams go through it (asyncio's and uvloop's
+        #: sendto() silently drop them).
+        self.sock: socket.socket | None = None
+        self.flow: DatagramFlow | None = None
+        self._early: collections.deque[bytes] = collections.deque(maxlen=_EARLY_LIMIT)
+        self._early_errors = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.endpoint = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        if self.flow is not None:
+            self.flow.from_local(data)
+        else:
+            self._early.append(data)
+
+    def error_received(self, exc: Exception) -> None:
+        if self.flow is not None:
+            self.flow.local_error(exc)
+        else:
+            self._early_errors += 1
+
+    def attach(self, flow: DatagramFlow) -> None:
+        """From now on datagrams go to ``flow``; what came before goes first."""
+        self.flow = flow
+        while self._early:
+            flow.from_local(self._early.popleft())
+        for _ in range(self._early_errors):
+            flow.local_error(ConnectionRefusedError())
+
+    def send(self, data: bytes) -> bool:
+        """Send one datagram to the peer; False if dropped (the socket's buffer is full)."""
+        return send_datagram(self.endpoint, self.sock, data)
+
+    def close(self) -> None:
+        if self.endpoint is not None:
+            self.endpoint.close()
+
+
+async def open_udp(address: str, port: int) -> UdpSocket:
+    """A UDP socket connected to ``address``:``port`` (an address, never a name)."""
+    loop = asyncio.get_running_loop()
+    sock = udp_socket(address)
+    try:
+        sock.connect((address, port))
+        _, protocol = await loop.create_datagram_endpoint(UdpSocket, sock=sock)
+    except BaseException:
+        sock.close()
+        raise
+    protocol.sock = sock
+    return protocol
+
+
+def bind_udp(host: str, port: int) -> socket.socket:
+    """A non-blocking UDP socket bound to ``host``:``port`` (an address; never
+    SO_REUSEPORT)."""
+    sock = udp_socket(host)
+    try:
+        sock.bind((host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+class FlowSource:
+    """One source address on a listener of flows: its datagrams while its flow's
+    WebSocket is on its way (a bounded queue), then the flow's."""
+
+    def __init__(self, listener: FlowListener, source: Address, report: FlowReport) -> None:
+        self.listener = listener
+        self.source = source
+        self.report = report
+        self.flow: DatagramFlow | None = None
+        #: Datagrams that came before the flow, oldest first.
+        self.early: list[bytes] = []
+        self._early_bytes = 0
+        #: Set when refused: until then the source's datagrams are dropped.
+        self.refused_until: float | None = None
+
+    def from_local(self, data: bytes) -> None:
+        if self.flow is not None:
+            self.flow.from_local(data)
+        elif self.refused_until is not None:
+            self.report.dropped_up += 1
+        elif (
+            len(self.early) < DEFAULT_QUEUE_DATAGRAMS
+            and self._early_bytes + len(data) <= DEFAULT_QUEUE_BYTES
+        ):
+            self.early.append(data)
+            self._early_bytes += len(data)
+        else:
+            self.report.dropped_up += 1
+
+    def local_error(self, exc: Exception) -> None:
+        if self.flow is not None:
+            self.flow.local_error(exc)
+
+    def send_local(self, data: bytes) -> bool:
+        """A datagram back to exactly this source."""
+        return self.listener.send(data, self.source)
+
+    def start(
+        self, connection: Connection, *, outbound: str, timeout: float, sent_ahead: int = 0
+    ) -> DatagramFlow:
+        """The flow over ``connection``; the first ``sent_ahead`` early datagrams already
+        went on it, the rest are queued."""
+        flow = DatagramFlow(
+            connection, self.send_local, self.report, outbound=outbound, timeout=timeout
+        )
+        for data in self.early[:sent_ahead]:
+            flow.count_sent(data)
+        for data in self.early[sent_ahead:]:
+            flow.from_local(data)
+        self.early.clear()
+        self._early_bytes = 0
+        self.flow = flow
+        return flow
+
+    async def hold_refused(self) -> None:
+        """Refused: drop this source's datagrams for REFUSED_HOLD seconds, then forget it
+        (its next datagram tries again)."""
+        self.early.clear()
+        self._early_bytes = 0
+        self.refused_until = time.monotonic() + REFUSED_HOLD
+        try:
+            await asyncio.sleep(REFUSED_HOLD)
+        finally:
+            self.listener.forget(self)
+
+
+class FlowListener(asyncio.DatagramProtocol):
+    """A UDP listener of flows, one per source address; at most ``max_flows`` at once.
+
+    ``new_source(listener, address)`` makes a source's :class:`FlowSource` and starts
+    whatever opens its flow; ``name`` says which listener in ``log``'s lines.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        max_flows: int,
+        new_source: Callable[[FlowListener, Address], FlowSource],
+        log_failure: Callable[[str], object],
+        log: logging.Logger,
+    ) -> None:
+        self.name = name
+        self.log = log
+        self.max_flows = max_flows
+        self._new_source = new_source
+        self.log_failure = log_failure
+        self.endpoint: asyncio.DatagramTransport | None = None
+        #: The socket itself, for empty datagrams (sendto() of b"" sends nothing).
+        self.sock: socket.socket | None = None
+        self.sources: dict[Address, FlowSource] = {}
+        #: Datagrams dropped because ``max_flows`` flows were open.
+        self.dropped_flows = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.endpoint = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: Address) -> None:
+        source = self.sources.get(addr)
+        if source is None:
+            if len(self.sources) >= self.max_flows:
+                self.dropped_flows += 1
+                self.log_failure(
+                    f"{self.name}: {self.max_flows} UDP flows open, the limit; "
+                    "dropping datagrams from new sources"
+                )
+                return
+            source = self._new_source(self, addr)
+            self.sources[addr] = source
+        source.from_local(data)
+
+    def error_received(self, exc: Exception) -> None:
+        """An error on the listening socket (an ICMP for a reply we sent): counted by no
+        one flow in particular; flows go on."""
+        self.log.debug("%s: %s", self.name, exc)
+
+    def send(self, data: bytes, addr: Address) -> bool:
+        return send_datagram(self.endpoint, self.sock, data, addr)
+
+    def forget(self, source: FlowSource) -> None:
+        if self.sources.get(source.source) is source:
+            del self.sources[source.source]
+
+    def close(self) -> None:
+        if self.endpoint is not None:
+            self.endpoint.close()

@@ -21,12 +21,12 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Response
 from websockets.server import ServerProtocol
 
+from wstun.common.datagram import UdpSocket
 from wstun.common.protocol import Failure, HandshakeRejection, Target
 from wstun.common.report import format_peer
 from wstun.common.streams import TcpStream, TunnelServerConnection
 from wstun.common.streams.internals import ParseFailure, route_answers
 from wstun.server.badinput import parse_failure_rejection
-from wstun.server.udp import UdpSocket
 
 __all__ = ["HandshakeConnection", "Reject", "connection_class"]
 

@@ -17,11 +17,11 @@ import socket
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
+from wstun.common.datagram import UdpSocket, open_udp
 from wstun.common.errors import describe_os_error
 from wstun.common.protocol import Failure, HandshakeRejection, Target
 from wstun.common.streams import TcpStream, open_tcp
 from wstun.server.policy import Policy
-from wstun.server.udp import UdpSocket, open_udp
 
 __all__ = ["Resolver", "TargetDialer", "dial_first", "resolve"]
 
