@@ -400,6 +400,40 @@ def _wstun_reverse(target: int, logdir: Path) -> RunningTunnel:
     return RunningTunnel(port, [server, client])
 
 
+def _wstun_reverse_udp(target: int, logdir: Path, tcp: bool) -> RunningTunnel:
+    """wstun's ``-R PORT:target/udp`` (and, with ``tcp``, ``-R PORT:target`` beside it on
+    the same port number): the server listens, each source's flow rides a data channel."""
+    port = free_udp_port()
+    rules = ["--allow-listen", f"127.0.0.1:{port}/udp"]
+    rules += ["--allow-listen", f"127.0.0.1:{port}"] if tcp else []
+    server = Proc(
+        "wstun-server",
+        [find_tool("wstun-server"), "--listen", "127.0.0.1:0", *rules],
+        logdir,
+    )
+    try:
+        line = server.wait_for_line("listening on 127.0.0.1:")
+        ws_port = int(_port_after("listening on 127.0.0.1:", line))
+        forwards = ["-R", f"{port}:127.0.0.1:{target}/udp"]
+        forwards += ["-R", f"{port}:127.0.0.1:{target}"] if tcp else []
+        client = Proc(
+            "wstun-client",
+            [find_tool("wstun-client"), *forwards, f"ws://127.0.0.1:{ws_port}/"],
+            logdir,
+        )
+        try:
+            client.wait_for_line(f"reverse 127.0.0.1:{port}/udp on the server -> ")
+            if tcp:
+                client.wait_for_line(f"reverse 127.0.0.1:{port} on the server -> ")
+        except BaseException:
+            client.stop()
+            raise
+    except BaseException:
+        server.stop()
+        raise
+    return RunningTunnel(port, [server, client])
+
+
 def _port_after(prefix: str, line: str) -> str:
     match = re.search(re.escape(prefix) + r"(\d+)", line)
     assert match is not None, line
@@ -453,6 +487,8 @@ TUNNELS: dict[str, TunnelSpec] = {
             "wstun-reverse",
             _wstun_reverse,
             note="wstun-client -R: the server listens, each connection rides a warm data channel",
+            start_udp=_wstun_reverse_udp,
+            udp_note="wstun-client -R PORT:target/udp: each source's flow rides a data channel",
         ),
         TunnelSpec(
             "wstun-w2",

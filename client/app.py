@@ -89,6 +89,8 @@ class TunnelClient:
                 metrics=self.counts,
                 log_failure=self.failures.log,
                 start=self._start,
+                udp_timeout=config.udp_timeout,
+                flow_metrics=self.metrics,
             )
             for remote in config.remotes
         ]

@@ -169,7 +169,7 @@ def describe(config: ClientConfig) -> str:
     lines = [f"server: {config.url}"]
     lines += [f"forward: {forward}" for forward in config.forwards]
     lines += [
-        f"reverse: {remote.bind} on the server -> {remote.local}"
+        f"reverse: {str(remote).replace(' -> ', ' on the server -> ')}"
         + (" (the server picks the port)" if remote.bind.port == 0 else "")
         for remote in config.remotes
     ]

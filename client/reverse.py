@@ -14,8 +14,13 @@ Connections arrive on data channels, WebSockets kept open ahead of demand
 client runs the one tunnel flow (:class:`~wstun.client.tunnel.Tunnel`) whose
 dialer is the local service (:class:`ServiceDialer`) and whose local end is
 the channel (:class:`InboundConnection`). A channel whose tunnel ended
-cleanly both ways waits for the next connection. docs/design.md, "Reverse
-tunnels", is the protocol.
+cleanly both ways waits for the next connection.
+
+``-R .../udp`` asks for a UDP listener: each source address there is one
+flow, announced on a data channel the same way; the client answers it from
+a UDP socket of its own connected to HOST:HOSTPORT, and the channel carries
+the flow's datagrams (one per binary message) until it times out.
+docs/design.md, "Reverse tunnels", is the protocol.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import dataclasses
 import ipaddress
 import logging
 import random
+import socket
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +39,7 @@ from websockets.exceptions import ConnectionClosed
 
 from wstun.client.forward import parse_forward
 from wstun.client.tunnel import LocalEnd, Tunnel, TunnelHandshakeCounter, TunnelSettings
+from wstun.common.datagram import DatagramFlow, FlowReport, UdpSocket, open_udp
 from wstun.common.errors import HandshakeError, TargetError, describe_os_error
 from wstun.common.protocol import (
     SUBPROTOCOL_REVERSE,
@@ -50,6 +57,7 @@ from wstun.common.protocol import (
     encode_control,
     parse_control,
 )
+from wstun.common.report import new_tunnel_id
 from wstun.common.streams import (
     ByteStream,
     TcpStream,
@@ -62,6 +70,7 @@ from wstun.common.streams.keepalive import Keepalive, keepalive_for
 
 if TYPE_CHECKING:
     from wstun.client.dialer import WebSocketDialer
+    from wstun.common.metrics import TunnelMetrics
 
 __all__ = [
     "InboundConnection",
@@ -88,17 +97,18 @@ class Remote:
 
     bind: Target
     local: Target
+    #: ``tcp``, or ``udp`` for ``.../udp``: the server listens for UDP flows.
+    proto: str = "tcp"
 
     def __str__(self) -> str:
-        return f"{self.bind} -> {self.local}"
+        suffix = "/udp" if self.proto == "udp" else ""
+        return f"{self.bind}{suffix} -> {self.local}{suffix}"
 
 
 def parse_remote(text: str) -> Remote:
-    """``[BIND:]PORT:HOST:HOSTPORT`` as ssh's ``-R``: BIND:PORT on the server (an
+    """``[BIND:]PORT:HOST:HOSTPORT[/udp]`` as ssh's ``-R``: BIND:PORT on the server (an
     address; ``localhost`` is 127.0.0.1), HOST:HOSTPORT as this client sees it."""
     forward = parse_forward(text)
-    if forward.proto == "udp":
-        raise TargetError(f"UDP reverse forwards (-R .../udp) are not supported yet: {text!r}")
     bind = forward.bind
     if bind.host == "localhost":
         bind = Target("127.0.0.1", bind.port)
@@ -109,7 +119,7 @@ def parse_remote(text: str) -> Remote:
             f"the server binds an address: BIND must be an IP address (or localhost), "
             f"got {bind.host!r} in {text!r}"
         ) from None
-    return Remote(bind, forward.remote)
+    return Remote(bind, forward.remote, forward.proto)
 
 
 class ServiceDialer:
@@ -126,6 +136,24 @@ class ServiceDialer:
             raise HandshakeError(504, f"{target} did not answer within {self.timeout:g}s") from None
         except OSError as exc:
             raise HandshakeError(502, f"{target}: {describe_os_error(exc)}") from None
+
+    async def dial_udp(self, target: Target) -> UdpSocket:
+        """A UDP socket connected to the service (its name resolved here, the first
+        address taken: a UDP connect sends nothing, so it can't be refused)."""
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self.timeout):
+                infos = await loop.getaddrinfo(
+                    target.host, target.port, type=socket.SOCK_DGRAM, proto=socket.IPPROTO_UDP
+                )
+                address = str(infos[0][4][0])
+                return await open_udp(address, target.port)
+        except TimeoutError:
+            raise HandshakeError(
+                504, f"{target}/udp did not resolve within {self.timeout:g}s"
+            ) from None
+        except OSError as exc:
+            raise HandshakeError(502, f"{target}/udp: {describe_os_error(exc)}") from None
 
 
 class InboundConnection(LocalEnd):
@@ -289,13 +317,18 @@ class _Channels:
             self.idle.discard(channel)
             self.top_up()  # a replacement, so the next connection finds one
             channel.refused = False
-            local = InboundConnection(channel, control.peer or "-", forward.name)
-            await forward.tunnel(local).run()
-            self.top_up()  # in case a replacement failed while this one was busy
-            if channel.refused:
-                pass  # the channel is idle again; what went ahead is dropped
-            elif local.stream is None or not local.stream.reusable_now:
-                return
+            if forward.remote.proto == "udp":
+                if await forward.carry_flow(channel, control.peer or "-"):
+                    return  # the flow closed its WebSocket when it ended
+                self.top_up()
+            else:
+                local = InboundConnection(channel, control.peer or "-", forward.name)
+                await forward.tunnel(local).run()
+                self.top_up()  # in case a replacement failed while this one was busy
+                if channel.refused:
+                    pass  # the channel is idle again; what went ahead is dropped
+                elif local.stream is None or not local.stream.reusable_now:
+                    return
             if self.closed or len(self.idle) >= 2 * forward.channels:
                 await channel.close(CloseCode.NORMAL, "not needed")
                 return
@@ -343,8 +376,14 @@ class ReverseForward:
         metrics: TunnelHandshakeCounter | None,
         log_failure: Callable[[str], object],
         start: Callable[[Callable[[], Coroutine[Any, Any, object]]], None],
+        udp_timeout: float,
+        flow_metrics: TunnelMetrics | None = None,
     ) -> None:
         self.remote = remote
+        self.udp_timeout = udp_timeout
+        self._flow_metrics = flow_metrics
+        #: ``.../udp``: the flows running now (ended at once on release).
+        self.flows: set[DatagramFlow] = set()
         self.dialer = dialer
         self.session = session
         self.channels = channels
@@ -364,9 +403,47 @@ class ReverseForward:
 
     @property
     def name(self) -> str:
-        """``reverse BIND:PORT``, the port the server gave once it gave one."""
-        port = self.port if self.port is not None else self.remote.bind.port
-        return f"reverse {Target(self.remote.bind.host, port)}"
+        """``reverse BIND:PORT[/udp]``, the port the server gave once it gave one."""
+        return f"reverse {self._shown(self.port)}"
+
+    def _shown(self, port: int | None) -> str:
+        bound = Target(self.remote.bind.host, self.remote.bind.port if port is None else port)
+        return f"{bound}/udp" if self.remote.proto == "udp" else str(bound)
+
+    async def carry_flow(self, channel: _Channel, peer: str) -> bool:
+        """A ``.../udp`` flow from ``peer`` announced on ``channel``: a socket to the
+        service, ``opened``, then the datagrams until the flow ends; False if it was
+        refused (the channel is idle again)."""
+        target = self.remote.local
+        try:
+            udp = await self._service.dial_udp(target)
+        except HandshakeError as exc:
+            self._log_failure(f"{self.name}: flow from {peer} refused: {exc.reason}")
+            await channel.answer(Refused(exc.status or 502, exc.reason))
+            channel.refused = True
+            return False
+        try:
+            if not await channel.answer(Opened()):
+                return True
+            report = FlowReport(new_tunnel_id("c"), peer, f"{target}/udp", kind="reverse")
+            flow = DatagramFlow(
+                channel.connection, udp.send, report, outbound="down", timeout=self.udp_timeout
+            )
+            udp.attach(flow)
+            if self._flow_metrics is not None:
+                self._flow_metrics.flow_opened(report)
+            self.flows.add(flow)
+            if self.stopping:
+                flow.stop("client shutting down")
+            try:
+                await flow.run(logger)
+            finally:
+                self.flows.discard(flow)
+                if self._flow_metrics is not None:
+                    self._flow_metrics.flow_ended(report)
+        finally:
+            udp.close()
+        return True
 
     def tunnel(self, local: InboundConnection) -> Tunnel:
         return Tunnel(
@@ -435,12 +512,13 @@ class ReverseForward:
         if first and self.remote.bind.port == 0:
             logger.info("%s: allocated port %d on the server", self.name, listening.port)
         self.port, self.lease = listening.port, listening.lease
-        bound = Target(listening.bind, listening.port)
+        bound = self._shown(listening.port)
         if first:
             logger.info(
-                "reverse %s on the server -> %s via %s",
+                "reverse %s on the server -> %s%s via %s",
                 bound,
                 self.remote.local,
+                "/udp" if self.remote.proto == "udp" else "",
                 self.dialer.config.url,
             )
         elif lost is not None:
@@ -451,7 +529,8 @@ class ReverseForward:
     async def _listen(self) -> tuple[TunnelClientConnection, Listening]:
         connection = await self.connect()
         port = self.port if self.port is not None else self.remote.bind.port
-        listen = Listen(self.remote.bind.host, port, self.session, self.lease)
+        proto = "udp" if self.remote.proto == "udp" else None
+        listen = Listen(self.remote.bind.host, port, self.session, self.lease, proto)
         timeout = self.dialer.config.connect_timeout
         try:
             await connection.send(encode_control(listen))
@@ -513,8 +592,11 @@ class ReverseForward:
                 keepalive.stop()
 
     async def release(self) -> None:
-        """On purpose: free the lease on the server now, close the idle channels."""
+        """On purpose: free the lease on the server now, close the idle channels, end the
+        UDP flows (they have no end of their own to wait for)."""
         self.stopping = True
+        for flow in list(self.flows):
+            flow.stop("client shutting down")
         control = self._control
         if control is not None:
             with contextlib.suppress(ConnectionClosed):

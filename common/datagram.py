@@ -133,8 +133,9 @@ class FlowReport:
 
     def line(self) -> str:
         duration = time.monotonic() - self.started
+        kind = " kind=reverse" if self.kind == "reverse" else ""
         text = (
-            f"flow closed id={self.id} proto=udp peer={self.peer} target={self.target} "
+            f"flow closed id={self.id} proto=udp{kind} peer={self.peer} target={self.target} "
             f"up={self.up} down={self.down} datagrams_up={self.datagrams_up} "
             f"datagrams_down={self.datagrams_down} dropped_up={self.dropped_up} "
             f"dropped_down={self.dropped_down} unreachable={self.unreachable} "

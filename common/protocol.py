@@ -383,13 +383,15 @@ class Listen:
     """Client (reverse control channel): listen on ``bind``:``port`` on the server for me.
 
     ``session`` names the client process; ``lease``, when given, is the lease
-    it got before, asked back.
+    it got before, asked back. ``proto`` is ``udp`` for a listener of UDP flows
+    (left out: TCP).
     """
 
     bind: str
     port: int
     session: str
     lease: str | None = None
+    proto: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -481,11 +483,15 @@ def parse_control(text: str) -> Control:
         return Refused(status, _str(data, kind, "reason"), retry)
     if kind == "listen":
         lease = None if data.get("lease") is None else _id(data, kind, "lease")
+        proto = _optional_str(data, kind, "proto")
+        if proto not in (None, *PROTOCOLS):
+            raise ControlError("listen: proto must be tcp or udp")
         return Listen(
             _str(data, kind, "bind"),
             _int(data, kind, "port", 0, 65535),
             _id(data, kind, "session"),
             lease,
+            None if proto == "tcp" else proto,
         )
     if kind == "listening":
         return Listening(

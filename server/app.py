@@ -100,6 +100,8 @@ class TunnelServer:
             ping_interval=config.ping_interval,
             ping_timeout=config.ping_timeout,
             relay=self._relay_reverse,
+            carry_flow=self._carry_flow,
+            udp_timeout=config.udp_timeout,
             refuse=self._refused,
             draining=lambda: self.draining,
             on_change=self.metrics.reverse_listeners.set,
@@ -278,7 +280,15 @@ class TunnelServer:
             connection, udp.send, report, outbound="down", timeout=self.config.udp_timeout
         )
         udp.attach(flow)
-        self.metrics.flow_opened(report)
+        try:
+            await self._carry_flow(flow)
+        finally:
+            udp.close()
+
+    async def _carry_flow(self, flow: DatagramFlow) -> None:
+        """A UDP flow (``-L .../udp``, or on a ``-R .../udp`` lease) until it ends:
+        counted, logged, and ended at once on drain."""
+        self.metrics.flow_opened(flow.report)
         self._flows.add(flow)
         if self.draining:
             flow.stop("server is shutting down")
@@ -286,8 +296,7 @@ class TunnelServer:
             await flow.run(logger)
         finally:
             self._flows.discard(flow)
-            udp.close()
-            self.metrics.flow_ended(report)
+            self.metrics.flow_ended(flow.report)
 
     async def _relay_reverse(
         self, inbound: ByteStream, ws: WebSocketStream, report: TunnelReport

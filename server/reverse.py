@@ -9,8 +9,11 @@ announced with ``open`` (its first bytes go right behind), and once the
 client answers ``opened`` is relayed like any tunnel, after which the
 channel waits again. When the control channel drops, the port is kept for
 ``--reverse-grace`` seconds for the same client process to take back with
-its lease id; ``release`` frees it at once. docs/design.md, "Reverse
-tunnels", is the protocol.
+its lease id; ``release`` frees it at once. A ``.../udp`` lease listens
+for UDP instead: each source address on its port is one flow, announced on
+a data channel like a connection, whose datagrams then go one per binary
+message (as ``wstun.udp.v1``) until the flow times out. docs/design.md,
+"Reverse tunnels", is the protocol.
 """
 
 from __future__ import annotations
@@ -25,11 +28,20 @@ import logging
 import random
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 from websockets.exceptions import ConnectionClosed
 
 from wstun.common.ahead import Ahead
+from wstun.common.datagram import (
+    Address,
+    DatagramFlow,
+    FlowListener,
+    FlowReport,
+    FlowSource,
+    bind_udp,
+)
 from wstun.common.errors import describe_os_error
 from wstun.common.protocol import (
     Attach,
@@ -77,11 +89,16 @@ DEFAULT_MAX_PENDING = 256
 BACKLOG = 511
 #: Idle data channels a lease keeps; more are refused (503).
 MAX_IDLE_CHANNELS = 64
+#: UDP flows open at once on one ``.../udp`` lease's port; datagrams from more
+#: sources are dropped.
+MAX_UDP_FLOWS = 1024
 #: Ports tried for ``port 0`` within the allowed ranges before giving up.
 _PORT_TRIES = 64
 
 #: Relays one reverse tunnel: (inbound connection, data channel stream, report); True if clean.
 RelayReverse = Callable[[ByteStream, WebSocketStream, TunnelReport], Awaitable[bool]]
+#: Carries one reverse UDP flow until it ends (counted, logged, stopped on drain).
+CarryFlow = Callable[[DatagramFlow], Awaitable[None]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,6 +107,21 @@ class Inbound:
 
     stream: ByteStream
     peer: str
+
+    async def abort(self, why: str) -> None:
+        await self.stream.abort(why)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class InboundFlow:
+    """A new source address on a ``.../udp`` lease's port: its datagrams so far."""
+
+    source: FlowSource
+    peer: str
+
+    async def abort(self, why: str) -> None:
+        """No channel for it: its datagrams are dropped; its next one tries again."""
+        self.source.listener.forget(self.source)
 
 
 def short_id(lease_id: str) -> str:
@@ -100,15 +132,22 @@ def short_id(lease_id: str) -> str:
 class Lease:
     """A port held for one client process, and its data channels."""
 
-    def __init__(self, service: ReverseService, bind: Target, session: str, client: str) -> None:
+    def __init__(
+        self, service: ReverseService, bind: Target, proto: str, session: str, client: str
+    ) -> None:
         self.service = service
         self.id = secrets.token_urlsafe(24)  # 192 bits
         self.bind = bind
+        #: ``tcp``, or ``udp``: a listener of flows (``udp``) rather than connections.
+        self.proto = proto
         self.session = session
         #: The client's address (host), for the per-client lease limit.
         self.client = client
         self.client_peer = "-"
         self.listener: asyncio.Server | None = None
+        self.udp: FlowListener | None = None
+        #: The UDP flows running on this lease's data channels.
+        self.flows: set[DatagramFlow] = set()
         self.control: HandshakeConnection | None = None
         self.idle: list[DataChannel] = []
         self.waiting: collections.deque[asyncio.Future[DataChannel]] = collections.deque()
@@ -119,7 +158,7 @@ class Lease:
         self._demand_task: asyncio.Task[None] | None = None
 
     def __str__(self) -> str:
-        return str(self.bind)
+        return _shown(self.bind, self.proto)
 
     # The control channel.
 
@@ -140,7 +179,7 @@ class Lease:
         grace = self.service.grace
         logger.info(
             "reverse %s: control channel of %s lost (%s); keeping the port for %gs",
-            self.bind,
+            self,
             connection.client_peer,
             why,
             grace,
@@ -185,17 +224,31 @@ class Lease:
         """A connection on the lease's port."""
         self.queue(Inbound(stream, format_peer(stream.peername)))
 
-    def queue(self, inbound: Inbound) -> None:
-        """A connection to hand to a data channel: a new one, or one whose channel was
-        closed by the client before it answered (what was read from it comes first)."""
-        task = asyncio.get_running_loop().create_task(self._inbound(inbound))
+    def new_source(self, listener: FlowListener, address: Address) -> FlowSource:
+        """A new source address on a ``.../udp`` lease's port: a flow that waits for a
+        data channel like a connection (its datagrams queue meanwhile)."""
+        peer = format_peer(address)
+        source = FlowSource(listener, address, FlowReport(new_tunnel_id("s"), peer, "-"))
+        source.report.kind = "reverse"
+        self.queue(InboundFlow(source, peer))
+        return source
+
+    def start(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` for this lease (kept until it is done)."""
+        task = asyncio.get_running_loop().create_task(work)
         self._accepted.add(task)
         task.add_done_callback(self._accepted.discard)
 
-    async def _inbound(self, inbound: Inbound) -> None:
-        stream, peer = inbound.stream, inbound.peer
+    def queue(self, inbound: Inbound | InboundFlow) -> None:
+        """A connection to hand to a data channel: a new one, or one whose channel was
+        closed by the client before it answered (what was read from it comes first)."""
+        self.start(self._inbound(inbound))
+
+    async def _inbound(self, inbound: Inbound | InboundFlow) -> None:
+        peer = inbound.peer
+        what = "flow" if isinstance(inbound, InboundFlow) else "connection"
         if self.closed:
-            await stream.abort("the lease ended")
+            await inbound.abort("the lease ended")
             return
         if self.idle:
             self.idle.pop(0).assign(inbound)
@@ -203,10 +256,10 @@ class Lease:
         service = self.service
         if len(self.waiting) >= service.max_pending:
             service.failures(
-                f"reverse {self.bind}: {len(self.waiting)} connections wait for the client, "
+                f"reverse {self}: {len(self.waiting)} connections wait for the client, "
                 "the limit; resetting new ones"
             )
-            await stream.abort("too many connections waiting")
+            await inbound.abort("too many connections waiting")
             return
         waiter: asyncio.Future[DataChannel] = asyncio.get_running_loop().create_future()
         self.waiting.append(waiter)
@@ -218,13 +271,15 @@ class Lease:
                 self.waiting.remove(waiter)
             why = "the lease ended" if self.closed else "no data channel from the client"
             logger.info(
-                "reverse %s: connection from %s reset: %s within %gs",
-                self.bind,
+                "reverse %s: %s from %s %s: %s within %gs",
+                self,
+                what,
                 peer,
+                "dropped" if what == "flow" else "reset",
                 why,
                 service.connect_timeout,
             )
-            await stream.abort(why)
+            await inbound.abort(why)
             if isinstance(exc, asyncio.CancelledError) and not self.closed:
                 raise
             return
@@ -238,14 +293,19 @@ class Lease:
         with contextlib.suppress(ConnectionClosed):
             await control.send(encode_control(Demand(len(self.waiting))))
 
-    def close(self) -> None:
-        """Stop listening; waiting connections are reset, idle channels closed."""
+    def close(self, why: str) -> None:
+        """Stop listening; waiting connections are reset, idle channels closed, UDP
+        flows ended (they have no end of their own)."""
         self.closed = True
         if self._expiry is not None:
             self._expiry.cancel()
             self._expiry = None
         if self.listener is not None:
             self.listener.close()
+        if self.udp is not None:
+            self.udp.close()
+        for flow in self.flows:
+            flow.stop(why)
         for waiter in self.waiting:
             waiter.cancel()
         self.waiting.clear()
@@ -261,9 +321,9 @@ class DataChannel:
         self.lease = lease
         self.connection = connection
         self.keepalive = keepalive
-        self._assigned: asyncio.Future[Inbound | None] | None = None
+        self._assigned: asyncio.Future[Inbound | InboundFlow | None] | None = None
 
-    def assign(self, inbound: Inbound) -> None:
+    def assign(self, inbound: Inbound | InboundFlow) -> None:
         assert self._assigned is not None
         if self._assigned.done():  # gone meanwhile: another channel or a wait
             self.lease.queue(inbound)
@@ -294,9 +354,11 @@ class DataChannel:
     def _ending(self) -> str:
         return "server is shutting down" if self.lease.service.draining() else "lease ended"
 
-    async def _wait(self) -> Inbound | None:
+    async def _wait(self) -> Inbound | InboundFlow | None:
         """Idle until an inbound connection is assigned; None when this channel is done."""
-        assigned: asyncio.Future[Inbound | None] = asyncio.get_running_loop().create_future()
+        assigned: asyncio.Future[Inbound | InboundFlow | None] = (
+            asyncio.get_running_loop().create_future()
+        )
         self._assigned = assigned
         self.lease.channel_ready(self)
         watch = asyncio.ensure_future(self.connection.recv())
@@ -323,8 +385,10 @@ class DataChannel:
             await self._close(CloseCode.GOING_AWAY, self._ending())
         return inbound
 
-    async def _carry(self, inbound: Inbound) -> bool:
+    async def _carry(self, inbound: Inbound | InboundFlow) -> bool:
         """``open``, the client's answer, then the relay; True if the channel may go on."""
+        if isinstance(inbound, InboundFlow):
+            return await self._carry_flow(inbound)
         service, connection = self.lease.service, self.connection
         stream, peer = inbound.stream, inbound.peer
         ahead = Ahead(stream, service.read_size)
@@ -365,6 +429,54 @@ class DataChannel:
         report.sent_ahead = len(ahead.data)
         return await service.relay(stream, ws, report)
 
+    async def _carry_flow(self, inbound: InboundFlow) -> bool:
+        """``open`` and the flow's datagrams so far, the client's answer, then the flow
+        until it ends (its WebSocket with it); True if the channel is idle again."""
+        lease = self.lease
+        service, connection = lease.service, self.connection
+        source, peer = inbound.source, inbound.peer
+        ahead = list(source.early)
+        try:
+            await connection.send(encode_control(Open(peer=peer)))
+            for data in ahead:
+                await connection.send(data)
+            async with asyncio.timeout(service.connect_timeout):
+                answer = await connection.recv()
+        except ConnectionClosed:
+            lease.queue(inbound)  # not seen by the client: another channel takes it
+            return False
+        except TimeoutError:
+            logger.info("reverse %s: the client did not answer open for %s", lease, peer)
+            await inbound.abort("client did not answer")
+            await self._close(CloseCode.GOING_AWAY, "no answer to open")
+            return False
+        try:
+            control = parse_answer(answer, "a client")
+        except ControlError as exc:
+            await inbound.abort("client broke the protocol")
+            await service.violation(connection, str(exc))
+            return False
+        if isinstance(control, Refused):
+            service.failures(
+                f"reverse {lease}: flow from {peer} dropped: the client refused it: "
+                f"{control.status} {control.reason}"
+            )
+            lease.start(source.hold_refused())
+            return True  # the client drops what went ahead; the channel is idle again
+        source.report.target = connection.client_peer
+        flow = source.start(
+            connection, outbound="up", timeout=service.udp_timeout, sent_ahead=len(ahead)
+        )
+        lease.flows.add(flow)
+        try:
+            if lease.closed:
+                flow.stop("lease ended")
+            await service.carry_flow(flow)
+        finally:
+            lease.flows.discard(flow)
+            source.listener.forget(source)
+        return False
+
     async def _close(self, code: int, reason: str) -> None:
         await self.connection.close_within(code, reason)
 
@@ -384,6 +496,8 @@ class ReverseService:
         ping_interval: float | None,
         ping_timeout: float | None,
         relay: RelayReverse,
+        carry_flow: CarryFlow,
+        udp_timeout: float,
         refuse: Callable[[HandshakeConnection, HandshakeRejection], None],
         draining: Callable[[], bool],
         on_change: Callable[[int], None] = lambda active: None,
@@ -397,11 +511,13 @@ class ReverseService:
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
         self.relay = relay
+        self.carry_flow = carry_flow
+        self.udp_timeout = udp_timeout
         self._refuse = refuse
         self.draining = draining
         self._on_change = on_change
         self._by_id: dict[str, Lease] = {}
-        self._by_bind: dict[Target, Lease] = {}
+        self._by_bind: dict[tuple[Target, str], Lease] = {}
         self._per_client: collections.Counter[str] = collections.Counter()
         self._failure_logged: dict[str, float] = {}
 
@@ -510,17 +626,23 @@ class ReverseService:
                 Failure.BAD_REQUEST, f"bind address must be an IP address, got {listen.bind!r}"
             ), None
         bind = Target(str(address), listen.port)
+        proto = listen.proto or "tcp"
         if listen.lease is not None and (lease := self._by_id.get(listen.lease)) is not None:
             same = hmac.compare_digest(lease.session, listen.session)
-            if not same or lease.bind.host != bind.host or bind.port not in (0, lease.bind.port):
+            if (
+                not same
+                or lease.proto != proto
+                or lease.bind.host != bind.host
+                or bind.port not in (0, lease.bind.port)
+            ):
                 return HandshakeRejection(
                     Failure.FORBIDDEN, "lease not valid for this client and address"
                 ), None
             return lease
-        if not self.policy.may_listen(bind.host, bind.port):
+        if not self.policy.may_listen(bind.host, bind.port, proto):
             return HandshakeRejection(
                 Failure.FORBIDDEN,
-                f"listening not allowed: {bind}",
+                f"listening not allowed: {_shown(bind, proto)}",
                 f"listen rules: {', '.join(map(str, self.policy.allow_listen)) or '(none)'}",
             ), None
         client = client_host(connection.client_peer)
@@ -529,22 +651,22 @@ class ReverseService:
                 Failure.UNAVAILABLE,
                 f"too many reverse listeners from {client} (limit {self.max_leases} per client)",
             ), None
-        held = self._by_bind.get(bind)
+        held = self._by_bind.get((bind, proto))
         if held is not None:
             return HandshakeRejection(
-                Failure.CONFLICT, f"{bind} is held by another client"
+                Failure.CONFLICT, f"{_shown(bind, proto)} is held by another client"
             ), held.retry_after()
-        lease = Lease(self, bind, listen.session, client)
+        lease = Lease(self, bind, proto, listen.session, client)
         problem = await self._listen(lease)
         if problem is not None:
             return problem, None
         self._by_id[lease.id] = lease
-        self._by_bind[lease.bind] = lease
+        self._by_bind[lease.bind, proto] = lease
         self._per_client[client] += 1
         self._on_change(len(self._by_id))
         logger.info(
             "reverse %s: listening for %s (lease %s)",
-            lease.bind,
+            lease,
             connection.client_peer,
             short_id(lease.id),
         )
@@ -552,39 +674,63 @@ class ReverseService:
 
     async def _listen(self, lease: Lease) -> HandshakeRejection | None:
         """Bind the lease's listener (no SO_REUSEPORT); for port 0, a port the rules allow."""
-        bind = lease.bind
-        loop = asyncio.get_running_loop()
-        factory = tcp_protocol_factory(lease.accepted)
-        for port in self._ports(bind):
+        bind, shown = lease.bind, str(lease)
+        for port in self._ports(bind, lease.proto):
             try:
-                server = await loop.create_server(
-                    factory, bind.host, port, reuse_port=False, backlog=BACKLOG
-                )
+                bound = await self._bind(lease, port)
             except OSError as exc:
                 if exc.errno == errno.EADDRINUSE:
                     if bind.port == 0:
                         continue
                     return HandshakeRejection(
-                        Failure.CONFLICT, f"can't listen on {bind}: address in use"
+                        Failure.CONFLICT, f"can't listen on {shown}: address in use"
                     )
                 return HandshakeRejection(
-                    Failure.BAD_REQUEST, f"can't listen on {bind}: {describe_os_error(exc)}"
+                    Failure.BAD_REQUEST, f"can't listen on {shown}: {describe_os_error(exc)}"
                 )
-            lease.listener = server
-            lease.bind = Target(bind.host, server.sockets[0].getsockname()[1])
+            lease.bind = Target(bind.host, bound)
             return None
         return HandshakeRejection(
             Failure.CONFLICT, f"can't listen on {bind.host}: no free port the rules allow"
         )
 
-    def _ports(self, bind: Target) -> list[int]:
+    async def _bind(self, lease: Lease, port: int) -> int:
+        """Listen on ``port`` of the lease's address (TCP or UDP); the port bound."""
+        loop = asyncio.get_running_loop()
+        host = lease.bind.host
+        if lease.proto == "udp":
+            sock = bind_udp(host, port)
+            try:
+                _, udp = await loop.create_datagram_endpoint(
+                    lambda: FlowListener(
+                        f"reverse {_shown(Target(host, sock.getsockname()[1]), 'udp')}",
+                        max_flows=MAX_UDP_FLOWS,
+                        new_source=lease.new_source,
+                        log_failure=self.failures,
+                        log=logger,
+                    ),
+                    sock=sock,
+                )
+            except BaseException:
+                sock.close()
+                raise
+            udp.sock = sock
+            lease.udp = udp
+            return int(sock.getsockname()[1])
+        server = await loop.create_server(
+            tcp_protocol_factory(lease.accepted), host, port, reuse_port=False, backlog=BACKLOG
+        )
+        lease.listener = server
+        return int(server.sockets[0].getsockname()[1])
+
+    def _ports(self, bind: Target, proto: str) -> list[int]:
         if bind.port:
             return [bind.port]
-        rules = self.policy.listen_rules(bind.host)
+        rules = [rule for rule in self.policy.listen_rules(bind.host) if rule.proto == proto]
         if any(rule.low <= 1 and rule.high >= 65535 for rule in rules):
             return [0]  # any port: the kernel picks
         ports = {p for rule in rules for p in range(rule.low, rule.high + 1)}
-        free = [p for p in ports if Target(bind.host, p) not in self._by_bind]
+        free = [p for p in ports if (Target(bind.host, p), proto) not in self._by_bind]
         random.shuffle(free)
         return free[:_PORT_TRIES]
 
@@ -592,13 +738,13 @@ class ReverseService:
         """The lease is over: its port is free now."""
         if self._by_id.pop(lease.id, None) is None:
             return
-        self._by_bind.pop(lease.bind, None)
+        self._by_bind.pop((lease.bind, lease.proto), None)
         self._per_client[lease.client] -= 1
         if self._per_client[lease.client] <= 0:
             del self._per_client[lease.client]
-        lease.close()
+        lease.close(why)
         self._on_change(len(self._by_id))
-        logger.info("reverse %s: port closed (%s)", lease.bind, why)
+        logger.info("reverse %s: port closed (%s)", lease, why)
 
     # Data channels.
 
@@ -653,3 +799,7 @@ def _why(closed: ConnectionClosed, keepalive: Keepalive | None) -> str:
 
 def _name(control: Control) -> str:
     return type(control).__name__.lower()
+
+
+def _shown(bind: Target, proto: str) -> str:
+    return f"{bind}/udp" if proto == "udp" else str(bind)

@@ -230,6 +230,7 @@ def test_udp_forwards_listed() -> None:
     assert "forward: [::1]:51820/udp -> [fd00::3]:51820/udp" in out
     assert "forward: 127.0.0.1:8080 -> web:80" in out
     assert "udp: flows end after 5s idle, at most 10 per listener" in out
-    code, out = run(["--check", "-R", "53:127.0.0.1:53/udp", "ws://h/"])
-    assert code == 2
-    assert "not supported yet" in out
+    code, out = run(["--check", "-R", "5353:127.0.0.1:53/udp", "-R", "9000:web:80/tcp", "ws://h/"])
+    assert code == 0, out
+    assert "reverse: 127.0.0.1:5353/udp on the server -> 127.0.0.1:53/udp" in out
+    assert "reverse: 127.0.0.1:9000 on the server -> web:80\n" in out

@@ -218,6 +218,7 @@ LEASE = "L" * 32
     [
         Listen("127.0.0.1", 9000, SESSION),
         Listen("::", 0, SESSION, LEASE),
+        Listen("127.0.0.1", 5353, SESSION, None, "udp"),
         Listening("127.0.0.1", 9000, LEASE, 30.0),
         Attach(LEASE, SESSION),
         Demand(7),
@@ -249,6 +250,10 @@ def test_control_messages_round_trip(message: Control) -> None:
             '{"type":"listen","bind":"::","port":1,"session":"' + SESSION + '","lease":"a b"}',
             "lease",
         ),
+        (
+            '{"type":"listen","bind":"::","port":1,"session":"' + SESSION + '","proto":"sctp"}',
+            "proto must be tcp or udp",
+        ),
         ('{"type":"attach","lease":"' + LEASE + '"}', "session must be a string"),
         ('{"type":"demand","waiting":-1}', "waiting"),
         ('{"type":"listening","bind":"::","port":0,"lease":"' + LEASE + '","grace":1}', "port"),
@@ -260,3 +265,10 @@ def test_control_messages_round_trip(message: Control) -> None:
 def test_malformed_reverse_control_messages(text: str, error: str) -> None:
     with pytest.raises(ControlError, match=error):
         parse_control(text)
+
+
+def test_listen_for_tcp_said_or_left_out_is_the_same() -> None:
+    """``proto`` left out is TCP, and TCP said reads as left out: one lease kind."""
+    said = '{"type":"listen","bind":"::","port":1,"session":"' + SESSION + '","proto":"tcp"}'
+    assert parse_control(said) == Listen("::", 1, SESSION)
+    assert "proto" not in encode_control(Listen("::", 1, SESSION))

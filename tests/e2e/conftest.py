@@ -140,7 +140,8 @@ class Wstun:
     async def server(self, *args: str, env: dict[str, str] | None = None) -> tuple[Process, int]:
         """wstun-server on 127.0.0.1:0; returns the process and its port."""
         proc = self.spawn([self.server_cmd, "--listen", "127.0.0.1:0", *args], env)
-        (match,) = await proc.wait_for(r"listening on 127\.0\.0\.1:(\d+)")
+        # With --workers N each worker says it: the first line is enough (one port).
+        match = (await proc.wait_for(r"listening on 127\.0\.0\.1:(\d+)"))[0]
         return proc, int(match.group(1))
 
     async def client(
@@ -339,3 +340,45 @@ async def wait_listening(port: int, timeout: float = LOG_TIMEOUT) -> None:
             writer.close()
             await writer.wait_closed()
             return
+
+
+class UdpEcho:
+    """A UDP echo target in a thread: each datagram back to its sender, empty ones too."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.1)
+        self.port: int = self.sock.getsockname()[1]
+        self.received = 0
+        self.sources: set[tuple[str, int]] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data, source = self.sock.recvfrom(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.received += 1
+            self.sources.add(source)
+            with contextlib.suppress(OSError):
+                self.sock.sendto(data, source)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.sock.close()
+
+
+@pytest.fixture
+def udp_echo() -> Iterator[UdpEcho]:
+    echo = UdpEcho()
+    try:
+        yield echo
+    finally:
+        echo.close()

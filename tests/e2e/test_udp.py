@@ -30,7 +30,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from .conftest import Process, Wstun, sha
+from .conftest import Process, UdpEcho, Wstun, sha
 from .test_pre_upgrade import back_to, fd_count
 
 TIMEOUT = 20.0
@@ -104,54 +104,21 @@ def udp_sockets_to(process: Process, port: int) -> int:
     return held
 
 
+async def udp_sockets_closed(process: Process, port: int, timeout: float = 5.0) -> int:
+    """:func:`udp_sockets_to` once it is 0, or after ``timeout`` (a transport closes on
+    the loop's turn after its flow's line is out)."""
+    deadline = time.monotonic() + timeout
+    while (held := udp_sockets_to(process, port)) and time.monotonic() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.05)  # polling a count: there is no event to wait for
+    return held
+
+
 def vm_rss(process: Process) -> int:
     """Resident memory of ``process``, bytes."""
     status = Path(f"/proc/{process.popen.pid}/status").read_text()
     match = re.search(r"^VmRSS:\s+(\d+) kB", status, re.MULTILINE)
     assert match is not None
     return int(match.group(1)) * 1024
-
-
-class UdpEcho:
-    """A UDP echo target in a thread: each datagram back to its sender, empty ones too."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.settimeout(0.1)
-        self.port: int = self.sock.getsockname()[1]
-        self.received = 0
-        self.sources: set[tuple[str, int]] = set()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                data, source = self.sock.recvfrom(65536)
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            self.received += 1
-            self.sources.add(source)
-            with contextlib.suppress(OSError):
-                self.sock.sendto(data, source)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self.sock.close()
-
-
-@pytest.fixture
-def udp_echo() -> Iterator[UdpEcho]:
-    echo = UdpEcho()
-    try:
-        yield echo
-    finally:
-        echo.close()
 
 
 def sender(port: int, timeout: float = TIMEOUT) -> socket.socket:
@@ -241,8 +208,9 @@ class Dns:
     dns_port: int
 
 
-@pytest.fixture
-async def dns(wstun: Wstun, tmp_path: Path) -> Dns:
+async def start_dnsmasq(wstun: Wstun, tmp_path: Path) -> tuple[Process, int]:
+    """dnsmasq on a loopback port, answering internal.example (A) and big.example (a
+    TXT of about 1 kB); the process and its port, once its sockets are bound."""
     for command in ("dnsmasq", "dig"):
         if shutil.which(command) is None:
             pytest.skip(f"{command} is not installed")
@@ -267,6 +235,12 @@ async def dns(wstun: Wstun, tmp_path: Path) -> Dns:
         ]
     )
     await dnsmasq.wait_for(r"started, version")  # its sockets are bound by then
+    return dnsmasq, dns_port
+
+
+@pytest.fixture
+async def dns(wstun: Wstun, tmp_path: Path) -> Dns:
+    dnsmasq, dns_port = await start_dnsmasq(wstun, tmp_path)
     server, client, port = await udp_tunnel(
         wstun, dns_port, server_args=timeouts(), client_args=timeouts()
     )
@@ -518,10 +492,7 @@ async def test_flow_timeout_frees_the_servers_socket(wstun: Wstun, udp_echo: Udp
     assert counts(server_flow)["datagrams_up"] == counts(server_flow)["datagrams_down"] == 1
     # Closed once the flow's line is out, or just after (the transport closes on the
     # loop's next turn).
-    deadline = time.monotonic() + 5.0
-    while udp_sockets_to(server, udp_echo.port) and time.monotonic() < deadline:  # noqa: ASYNC110
-        await asyncio.sleep(0.05)  # polling a count: there is no event to wait for
-    assert udp_sockets_to(server, udp_echo.port) == 0
+    assert await udp_sockets_closed(server, udp_echo.port) == 0
     assert await back_to(server, server_baseline) <= server_baseline
     assert await back_to(client, client_baseline) <= client_baseline
 
