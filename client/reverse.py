@@ -89,6 +89,9 @@ BACKOFF_MAX = 30.0
 MAX_OPENING = 16
 #: Longest wait before opening a data channel again after opens failed.
 MAX_CHANNEL_RETRY = 5.0
+#: Data channels reopened at once after reaching the wrong ``--workers`` process (421),
+#: in a row, before the usual backoff.
+MAX_MISDIRECTED = 32
 
 
 @dataclasses.dataclass(frozen=True)
@@ -229,6 +232,8 @@ class _Channels:
         # Failed opens in a row, and the timer of the next try after one failed.
         self._failures = 0
         self._retry: asyncio.TimerHandle | None = None
+        # Data channels refused in a row for reaching a worker without the lease (421).
+        self._misdirected = 0
 
     def top_up(self, wanted: int = 0) -> None:
         """Open channels until ``size`` (or ``wanted``, at most MAX_OPENING more) are idle
@@ -302,12 +307,8 @@ class _Channels:
             try:
                 control = parse_control(message)
                 if isinstance(control, Refused):
-                    logger.warning(
-                        "%s: data channel refused: %d %s",
-                        forward.name,
-                        control.status,
-                        control.reason,
-                    )
+                    self.idle.discard(channel)
+                    self._refused(control)
                     return
                 if not isinstance(control, Open):
                     raise ControlError(f"unexpected {type(control).__name__.lower()}")
@@ -315,6 +316,7 @@ class _Channels:
                 await self._violation(channel, str(exc))
                 return
             self.idle.discard(channel)
+            self._misdirected = 0
             self.top_up()  # a replacement, so the next connection finds one
             channel.refused = False
             if forward.remote.proto == "udp":
@@ -333,6 +335,19 @@ class _Channels:
                 await channel.close(CloseCode.NORMAL, "not needed")
                 return
             self.idle.add(channel)
+
+    def _refused(self, refused: Refused) -> None:
+        """The server refused a data channel: open another one, at once when it reached a
+        ``--workers`` process that doesn't hold the lease (421), else after a backoff."""
+        if refused.status == 421 and self._misdirected < MAX_MISDIRECTED:
+            self._misdirected += 1
+            logger.debug("%s: data channel reached another worker; again", self.forward.name)
+            self.top_up()
+            return
+        logger.warning(
+            "%s: data channel refused: %d %s", self.forward.name, refused.status, refused.reason
+        )
+        self._failed(HandshakeError(refused.status, refused.reason))
 
     async def _violation(self, channel: _Channel, reason: str) -> None:
         logger.warning("%s: the server broke the protocol: %s", self.forward.name, reason)

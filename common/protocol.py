@@ -117,6 +117,7 @@ class Failure(enum.Enum):
     NOT_FOUND = 404
     METHOD_NOT_ALLOWED = 405
     CONFLICT = 409  # a reverse tunnel's port is held by someone else
+    MISDIRECTED = 421  # a reverse data channel reached a worker that doesn't hold its lease
     URI_TOO_LONG = 414
     UPGRADE_REQUIRED = 426
     HEADERS_TOO_LARGE = 431

@@ -105,6 +105,7 @@ class TunnelServer:
             refuse=self._refused,
             draining=lambda: self.draining,
             on_change=self.metrics.reverse_listeners.set,
+            shared_port=config.reuse_port,
         )
         # When each source's TLS handshake on the plain port was last logged.
         self._tls_hints: dict[str, float] = {}

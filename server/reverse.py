@@ -501,7 +501,10 @@ class ReverseService:
         refuse: Callable[[HandshakeConnection, HandshakeRejection], None],
         draining: Callable[[], bool],
         on_change: Callable[[int], None] = lambda active: None,
+        shared_port: bool = False,
     ) -> None:
+        #: Other processes (``--workers``) serve the same port and hold leases of their own.
+        self.shared_port = shared_port
         self.policy = policy
         self.grace = grace
         self.max_leases = max_leases
@@ -750,6 +753,14 @@ class ReverseService:
 
     async def _data(self, connection: HandshakeConnection, attach: Attach) -> None:
         lease = self._by_id.get(attach.lease)
+        if lease is None and self.shared_port:
+            # With --workers N the kernel spreads WebSockets over the workers; the lease
+            # may well be another worker's: the client tries again at once.
+            rejection = HandshakeRejection(
+                Failure.MISDIRECTED, "lease not held by this worker; try again"
+            )
+            await self._refusal(connection, rejection, 0.0)
+            return
         if lease is None or not hmac.compare_digest(lease.session, attach.session):
             rejection = HandshakeRejection(Failure.FORBIDDEN, "no such lease for this client")
             await self._refusal(connection, rejection, None)

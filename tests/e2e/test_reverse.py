@@ -711,3 +711,24 @@ async def test_no_port_sharing_across_workers(wstun: Wstun, target) -> None:
         )
         other.stop()
     assert await echo(port, b"first") == b"first"
+
+
+async def test_data_channels_find_the_worker_that_holds_the_lease(wstun: Wstun, target) -> None:
+    """With --workers 2 a data channel reaches either worker; one that reached the worker
+    without the lease is refused with 421 and opened again at once, so every connection
+    of a burst, and of the rounds after it, finds a channel (none waits out a timeout)."""
+    service = await target(echo_target())
+    _, sport = await wstun.server(
+        "--allow-listen", "127.0.0.1:*", "--workers", "2", "--connect-timeout", "4"
+    )
+    client = wstun.spawn(
+        [wstun.client_cmd, "-R", "0:127.0.0.1:" + str(service), f"ws://127.0.0.1:{sport}/", "-v"]
+    )
+    (match,) = await client.wait_for(ALLOCATED)
+    port = int(match.group(1))
+    for round_ in range(3):
+        payloads = [f"round {round_} connection {i}".encode() for i in range(30)]
+        got = await asyncio.gather(*(echo(port, payload) for payload in payloads))
+        assert got == payloads
+    assert client.matches(r"data channel reached another worker; again"), client.log
+    assert not client.matches(r"data channel refused"), client.log
