@@ -163,6 +163,7 @@ def test_failure_statuses() -> None:
         "NOT_FOUND": 404,
         "METHOD_NOT_ALLOWED": 405,
         "CONFLICT": 409,
+        "MISDIRECTED": 421,
         "URI_TOO_LONG": 414,
         "UPGRADE_REQUIRED": 426,
         "HEADERS_TOO_LARGE": 431,
