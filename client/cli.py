@@ -23,6 +23,12 @@ from wstun.client.config import (
     describe,
     socks_credentials,
 )
+from wstun.client.configfile import (
+    config_file_callback,
+    given,
+    provenance,
+    settle_conflicts,
+)
 from wstun.client.forward import Forward, parse_forward
 from wstun.client.headers import parse_header
 from wstun.client.reverse import Remote, parse_remote
@@ -99,6 +105,16 @@ def _check_proxy(ctx: click.Context, param: click.Parameter, value: str | None) 
     return value
 
 
+class _UrlType(click.types.StringParamType):
+    """The URL, which says where else it may come from when it is missing."""
+
+    def get_missing_message(self, param: click.Parameter, ctx: click.Context | None) -> str:
+        return (
+            f"Give it on the command line (or as {ENV_PREFIX}_URL), "
+            'or as url = "wss://..." in the --config file.'
+        )
+
+
 def _check_url(ctx: click.Context, param: click.Parameter, value: str) -> str:
     try:
         build_tunnel_url(value, None)
@@ -108,7 +124,27 @@ def _check_url(ctx: click.Context, param: click.Parameter, value: str) -> str:
 
 
 @wstun_command("WSTUN_LOCAL='5432:db:5432 6379:cache:6379'")
-@click.argument("url", envvar=f"{ENV_PREFIX}_URL", callback=_check_url)
+@click.argument("url", envvar=f"{ENV_PREFIX}_URL", type=_UrlType(), callback=_check_url)
+@click.option(
+    "--config",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    is_eager=True,
+    expose_value=False,
+    callback=config_file_callback,
+    help="Read options from this TOML file: keys are the long option names with _ for - "
+    '(local = ["5432:db:5432"], token_file = "~/.config/wstun/token"), and url for URL. '
+    "The command line, then the environment, win over it; a repeatable option given "
+    "there replaces the file's list.",
+)
+@click.option(
+    "--profile",
+    metavar="NAME",
+    is_eager=True,
+    expose_value=False,
+    callback=config_file_callback,
+    help="Use the config file's [profiles.NAME] table too: its keys replace the top "
+    "level's (a list replaces the list). Needs --config.",
+)
 @click.option(
     "-L",
     "--local",
@@ -247,6 +283,7 @@ def _check_url(ctx: click.Context, param: click.Parameter, value: str) -> str:
 @connect_timeout_option("Seconds to wait for the server's WebSocket handshake.")
 @common_options("wstun-client")
 @click.pass_context
+@settle_conflicts
 def main(
     ctx: click.Context,
     url: str,
@@ -308,7 +345,7 @@ def main(
             proxy=proxy,
         )
         token = load_token(token_file)
-        explicit = ctx.get_parameter_source("log_level") is not click.core.ParameterSource.DEFAULT
+        explicit = given(ctx, "log_level")
         if stdio_target is not None and not explicit:
             log_level = "warning"  # ssh shows a ProxyCommand's stderr to the user
         log_level = log_level_from(log_level, verbose=verbose, quiet=quiet, explicit=explicit)
@@ -341,11 +378,20 @@ def main(
     )
     if check:  # nothing connects: no TLS context, no --insecure warning
         click.echo(describe(config))
+        click.echo("\n".join(["", *_provenance(ctx, token_file, token)]))
         return
     configure_logging(log_level)
     if stdio_target is not None:
         sys.exit(run(lambda: stdio_main(config, stdio_target)))
     sys.exit(run(lambda: _forward(config, status=wanted(sys.stderr, log_level))))
+
+
+def _provenance(ctx: click.Context, token_file: Path | None, token: str | None) -> list[str]:
+    """Where each value that isn't the default came from, the token's included."""
+    lines = provenance(ctx)
+    if token is not None and token_file is None:
+        lines.append(f"from: token = environment ({ENV_PREFIX}_TOKEN)")
+    return lines
 
 
 async def _forward(config: ClientConfig, *, status: bool) -> int:

@@ -16,6 +16,7 @@ from wstun.client.reverse import Remote
 from wstun.client.socks import Credentials, SocksProxy
 from wstun.common.datagram import DEFAULT_UDP_TIMEOUT
 from wstun.common.errors import ConfigError
+from wstun.common.options import warn_if_exposed
 from wstun.common.protocol import Target
 from wstun.common.streams import DEFAULT_READ_SIZE
 
@@ -159,6 +160,7 @@ def socks_credentials(user: str | None, password_file: Path | None) -> Credentia
         raise ConfigError(
             f"can't read {password_file}: {exc}", option="--socks-password-file"
         ) from None
+    warn_if_exposed(password_file)
     if not 0 < len(user.encode()) <= 255 or not 0 < len(password.encode()) <= 255:
         raise ConfigError("SOCKS5 usernames and passwords are 1 to 255 bytes (RFC 1929)")
     return Credentials(user, password)

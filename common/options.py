@@ -26,6 +26,7 @@ __all__ = [
     "log_level_from",
     "seconds_or_off",
     "usage_errors",
+    "warn_if_exposed",
     "wstun_command",
 ]
 
@@ -248,6 +249,7 @@ def load_token(token_file: Path | None) -> str | None:
             raise ConfigError(f"can't read {token_file}: {exc}", option="--token-file") from None
         if not token:
             raise ConfigError(f"{token_file} is empty", option="--token-file")
+        warn_if_exposed(token_file)
         source = str(token_file)
     else:
         token = os.environ.get(f"{ENV_PREFIX}_TOKEN", "").strip()
@@ -259,3 +261,21 @@ def load_token(token_file: Path | None) -> str | None:
             f"the token in {source} contains whitespace or control characters", value=True
         )
     return token
+
+
+def warn_if_exposed(secret_file: Path) -> None:
+    """One warning line on stderr when a file holding a secret (a token, a password) is
+    readable by others. Its group may read it: the README's compose setup gives the
+    container's group read access (chmod 640)."""
+    if os.name != "posix":
+        return  # no such mode bits
+    try:
+        mode = secret_file.stat().st_mode & 0o777
+    except OSError:
+        return
+    if mode & 0o004:
+        click.echo(
+            f"warning: {secret_file} is readable by others (mode {mode:04o}); "
+            f"make it private: chmod 600 {secret_file} (or 640 for a group that needs it)",
+            err=True,
+        )
