@@ -322,8 +322,8 @@ async def test_a_server_speaking_on_an_idle_websocket_breaks_the_protocol(
     """Nothing may come from the server on an idle WebSocket: 1002, and it is replaced."""
     port = await target(echo_target())
     closes: asyncio.Queue[tuple[int, str]] = asyncio.Queue()
-    idle: list[ServerConnection] = []
-    ready = asyncio.Event()
+    # The idle (target-less) WebSockets, as the server's handler gets each.
+    idle: asyncio.Queue[ServerConnection] = asyncio.Queue()
 
     async def chatty_v2_server(ws: ServerConnection) -> None:
         destination = target_of(ws)
@@ -331,8 +331,7 @@ async def test_a_server_speaking_on_an_idle_websocket_breaks_the_protocol(
             await relay_v1(ws, destination)
             await ws.close()
             return
-        idle.append(ws)
-        ready.set()
+        await idle.put(ws)
         await closes.put(await client_close(ws))
 
     async with fake_server(chatty_v2_server, ["wstun.v2", "wstun.v1"]) as sport:
@@ -340,16 +339,18 @@ async def test_a_server_speaking_on_an_idle_websocket_breaks_the_protocol(
             f"ws://127.0.0.1:{sport}/", f"127.0.0.1:{port}", "-v", "--pool", "1"
         )
         await echo_once(local)
-        await asyncio.wait_for(ready.wait(), TIMEOUT)
+        first = await asyncio.wait_for(idle.get(), TIMEOUT)
         await client.wait_for(READY)
-        await idle[0].send('{"type": "opened"}')
+        await first.send('{"type": "opened"}')
         assert await asyncio.wait_for(closes.get(), TIMEOUT) == (
             1002,
             "a control message while idle",
         )
-        # The pool opens another in its place.
+        # The pool opens another in its place (the client says so before the server's
+        # handler has it: wait for the handler).
         await client.wait_for(READY, count=2)
-    assert len(idle) == 2
+        second = await asyncio.wait_for(idle.get(), TIMEOUT)
+        assert second is not first
 
 
 # ------------------------------------------------------------- early payload
