@@ -28,7 +28,7 @@ import logging
 import random
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
 from websockets.exceptions import ConnectionClosed
@@ -54,6 +54,7 @@ from wstun.common.protocol import (
     Listen,
     Listening,
     Open,
+    Opened,
     Refused,
     Release,
     Target,
@@ -392,27 +393,15 @@ class DataChannel:
         service, connection = self.lease.service, self.connection
         stream, peer = inbound.stream, inbound.peer
         ahead = Ahead(stream, service.read_size)
-        try:
-            await connection.send(encode_control(Open(peer=peer)))
-            async with asyncio.timeout(service.connect_timeout):
-                answer = await ahead.while_waiting(connection)
-        except ConnectionClosed:
-            # The client closed this channel before it saw the open (an idle channel it
-            # no longer wanted, say): another channel takes the connection, bytes and all.
-            if ahead.data:
-                stream = PrefixedStream(stream, ahead.data)
-            self.lease.queue(Inbound(stream, peer))
-            return False
-        except TimeoutError:
-            logger.info("reverse %s: the client did not answer open for %s", self.lease, peer)
-            await stream.abort("client did not answer")
-            await self._close(CloseCode.GOING_AWAY, "no answer to open")
-            return False
-        try:
-            control = parse_answer(answer, "a client")
-        except ControlError as exc:
-            await stream.abort("client broke the protocol")
-            await service.violation(connection, str(exc))
+
+        def unseen() -> Inbound:
+            # What was read of the connection goes to the next channel with it.
+            return Inbound(PrefixedStream(stream, ahead.data), peer) if ahead.data else inbound
+
+        control = await self._answer(
+            inbound, wait=lambda: ahead.while_waiting(connection), unseen=unseen
+        )
+        if control is None:
             return False
         if isinstance(control, Refused):
             logger.info(
@@ -436,25 +425,10 @@ class DataChannel:
         service, connection = lease.service, self.connection
         source, peer = inbound.source, inbound.peer
         ahead = list(source.early)
-        try:
-            await connection.send(encode_control(Open(peer=peer)))
-            for data in ahead:
-                await connection.send(data)
-            async with asyncio.timeout(service.connect_timeout):
-                answer = await connection.recv()
-        except ConnectionClosed:
-            lease.queue(inbound)  # not seen by the client: another channel takes it
-            return False
-        except TimeoutError:
-            logger.info("reverse %s: the client did not answer open for %s", lease, peer)
-            await inbound.abort("client did not answer")
-            await self._close(CloseCode.GOING_AWAY, "no answer to open")
-            return False
-        try:
-            control = parse_answer(answer, "a client")
-        except ControlError as exc:
-            await inbound.abort("client broke the protocol")
-            await service.violation(connection, str(exc))
+        control = await self._answer(
+            inbound, datagrams=ahead, wait=connection.recv, unseen=lambda: inbound
+        )
+        if control is None:
             return False
         if isinstance(control, Refused):
             service.failures(
@@ -476,6 +450,42 @@ class DataChannel:
             lease.flows.discard(flow)
             source.listener.forget(source)
         return False
+
+    async def _answer(
+        self,
+        inbound: Inbound | InboundFlow,
+        *,
+        wait: Callable[[], Awaitable[str | bytes]],
+        unseen: Callable[[], Inbound | InboundFlow],
+        datagrams: Sequence[bytes] = (),
+    ) -> Opened | Refused | None:
+        """Send ``open`` (then ``datagrams``, sent ahead) and ``wait`` for the client's
+        answer, within --connect-timeout; None when this channel carries nothing more:
+        the inbound went to another channel (``unseen()``) or was aborted."""
+        lease = self.lease
+        service, connection = lease.service, self.connection
+        try:
+            await connection.send(encode_control(Open(peer=inbound.peer)))
+            for data in datagrams:
+                await connection.send(data)
+            async with asyncio.timeout(service.connect_timeout):
+                answer = await wait()
+        except ConnectionClosed:
+            # The client closed this channel before it saw the open (an idle channel it
+            # no longer wanted, say): another channel takes the inbound.
+            lease.queue(unseen())
+            return None
+        except TimeoutError:
+            logger.info("reverse %s: the client did not answer open for %s", lease, inbound.peer)
+            await inbound.abort("client did not answer")
+            await self._close(CloseCode.GOING_AWAY, "no answer to open")
+            return None
+        try:
+            return parse_answer(answer, "a client")
+        except ControlError as exc:
+            await inbound.abort("client broke the protocol")
+            await service.violation(connection, str(exc))
+            return None
 
     async def _close(self, code: int, reason: str) -> None:
         await self.connection.close_within(code, reason)
