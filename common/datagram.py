@@ -130,10 +130,13 @@ class FlowReport:
     end: str = FlowEnd.CLOSED
     reason: str = ""
     kind: str = "forward"
+    #: The server's user for this flow (``--users-file``); None: not said in the line.
+    user: str | None = None
 
     def line(self) -> str:
         duration = time.monotonic() - self.started
         kind = " kind=reverse" if self.kind == "reverse" else ""
+        kind += f" user={self.user}" if self.user is not None else ""
         text = (
             f"flow closed id={self.id} proto=udp{kind} peer={self.peer} target={self.target} "
             f"up={self.up} down={self.down} datagrams_up={self.datagrams_up} "
@@ -182,11 +185,13 @@ class DatagramFlow:
         # Set by stop(): this side ends the flow (a drain), with this reason.
         self._stopping = asyncio.Event()
         self._stop_reason = "shutting down"
+        self._stop_code: int = CloseCode.GOING_AWAY
 
-    def stop(self, reason: str) -> None:
-        """End the flow now from this side (1001 with ``reason``): UDP has no end of its
-        own to wait for."""
+    def stop(self, reason: str, code: int = CloseCode.GOING_AWAY) -> None:
+        """End the flow now from this side (``code``, 1001 by default, with ``reason``):
+        UDP has no end of its own to wait for."""
         self._stop_reason = reason
+        self._stop_code = code
         self._stopping.set()
 
     # Counting, by direction.
@@ -282,14 +287,17 @@ class DatagramFlow:
             asyncio.ensure_future(self._watch_idle()),
             asyncio.ensure_future(self._stopping.wait()),
         ]
-        code, reason = CloseCode.NORMAL, "udp flow timeout"
+        code: int = CloseCode.NORMAL
+        reason = "udp flow timeout"
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             finished = done.pop()
             if finished is tasks[2]:
                 report.end = FlowEnd.TIMEOUT
             elif finished is tasks[3]:
-                report.end, code, reason = FlowEnd.CLOSED, CloseCode.GOING_AWAY, self._stop_reason
+                report.end, code, reason = FlowEnd.CLOSED, self._stop_code, self._stop_reason
+                if code != CloseCode.GOING_AWAY:
+                    report.end, report.reason = FlowEnd.ERROR, reason
             else:
                 exc = finished.exception()
                 if isinstance(exc, ConnectionClosed):

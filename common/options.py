@@ -88,22 +88,31 @@ class _Option(click.Option):
         return super().get_error_hint(ctx)
 
 
-def wstun_command(environment_example: str) -> Callable[[F], click.Command]:
+def wstun_command(
+    environment_example: str, *, subcommands: bool = False
+) -> Callable[[F], click.Command]:
     """A wstun command: WSTUN_<OPTION> for every option, -h, and an epilog saying so.
 
     A bad value from the environment is reported under the variable's name,
-    the one the user set, not the option's.
+    the one the user set, not the option's. With ``subcommands`` it is a group
+    that runs itself when no subcommand is named (its function is called first
+    either way: it returns at once when ``ctx.invoked_subcommand`` is set).
     """
-    make = click.command(
-        context_settings={"auto_envvar_prefix": ENV_PREFIX, "help_option_names": ["-h", "--help"]},
-        epilog=(
-            f"Every option can also be set in the environment as {ENV_PREFIX}_<OPTION>, e.g. "
-            f"{environment_example}. The token comes from --token-file or {ENV_PREFIX}_TOKEN "
-            "and is sent as 'Authorization: Bearer <token>'. Shell completion: "
-            'eval "$(_WSTUN_CLIENT_COMPLETE=bash_source wstun-client)" (zsh_source, '
-            "fish_source; wstun-server likewise)."
-        ),
+    context_settings = {"auto_envvar_prefix": ENV_PREFIX, "help_option_names": ["-h", "--help"]}
+    epilog = (
+        f"Every option can also be set in the environment as {ENV_PREFIX}_<OPTION>, e.g. "
+        f"{environment_example}. The token comes from --token-file or {ENV_PREFIX}_TOKEN "
+        "and is sent as 'Authorization: Bearer <token>'. Shell completion: "
+        'eval "$(_WSTUN_CLIENT_COMPLETE=bash_source wstun-client)" (zsh_source, '
+        "fish_source; wstun-server likewise)."
     )
+    make: Callable[[F], click.Command]
+    if subcommands:
+        make = click.group(
+            invoke_without_command=True, context_settings=context_settings, epilog=epilog
+        )
+    else:
+        make = click.command(context_settings=context_settings, epilog=epilog)
 
     def decorate(func: F) -> click.Command:
         command = make(func)

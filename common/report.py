@@ -76,6 +76,8 @@ class TunnelReport:
     remote: ByteStream | None = dataclasses.field(default=None, repr=False)
     #: Payload bytes the dial already sent up, ahead of the relay (counted in ``up``).
     sent_ahead: int = 0
+    #: The server's user for this tunnel (``--users-file``); None: not said in the line.
+    user: str | None = None
 
     def moved(self) -> tuple[int, int]:
         """Payload bytes up and down so far: live while relaying, final after."""
@@ -101,7 +103,8 @@ class TunnelReport:
     def line(self) -> str:
         duration = time.monotonic() - self.started
         text = (
-            f"tunnel closed id={self.id}{' kind=reverse' if self.kind == 'reverse' else ''} "
+            f"tunnel closed id={self.id}{' kind=reverse' if self.kind == 'reverse' else ''}"
+            f"{f' user={self.user}' if self.user is not None else ''} "
             f"peer={self.peer} target={self.target} "
             f"up={self.up} down={self.down} duration={duration:.3f}s end={self.end}"
         )

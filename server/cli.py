@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from wstun.common.errors import ConfigError
 from wstun.common.options import (
     ENV_PREFIX,
     LISTEN,
@@ -27,15 +28,16 @@ from wstun.common.runtime import configure_logging, install_stop_signals, run
 from wstun.common.streams import WS_MAX_SIZE
 from wstun.server.app import run_server
 from wstun.server.config import (
+    RulesSource,
     ServerConfig,
     check_workers,
     describe,
-    policy_from,
     prefix_option,
     tls_context,
     trusted_proxies,
 )
 from wstun.server.reverse import DEFAULT_MAX_LEASES, DEFAULT_MAX_PENDING, DEFAULT_REVERSE_GRACE
+from wstun.server.users import UsersFileError, new_token
 from wstun.server.workers import run_workers
 
 __all__ = ["main"]
@@ -43,7 +45,7 @@ __all__ = ["main"]
 logger = logging.getLogger("wstun.server")
 
 
-@wstun_command("WSTUN_LISTEN=0.0.0.0:8080 or WSTUN_ALLOW='db:5432 cache:6379'")
+@wstun_command("WSTUN_LISTEN=0.0.0.0:8080 or WSTUN_ALLOW='db:5432 cache:6379'", subcommands=True)
 @click.option(
     "--listen",
     type=LISTEN,
@@ -114,6 +116,23 @@ logger = logging.getLogger("wstun.server")
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help='TOML file with more rules: allow = ["db:5432", ...], deny = [...], '
     'allow_listen = ["127.0.0.1:9000-9100"].',
+)
+@click.option(
+    "--users-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="TOML file of users, a [users.NAME] table each: token_sha256, allow, deny, "
+    "allow_listen, max_tunnels (wstun-server new-token NAME prints one). A user's rules "
+    "add to the server-wide ones; every deny wins.",
+)
+@click.option(
+    "--reload-interval",
+    type=click.FloatRange(min=0),
+    default=0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Look at the users and policy files this often and reload them when they change, "
+    "as SIGHUP does (0: only on SIGHUP). For files that change under the process, such as "
+    "a Kubernetes Secret.",
 )
 @click.option(
     "--to",
@@ -191,6 +210,8 @@ def main(
     reverse_max_pending: int,
     udp_timeout: float,
     policy_file: Path | None,
+    users_file: Path | None,
+    reload_interval: float,
     default_target: Target | None,
     connect_timeout: float,
     trusted_proxy: tuple[str, ...],
@@ -214,24 +235,40 @@ def main(
 ) -> None:
     """Accept WebSocket tunnels and relay each to an allowed TCP target.
 
+    SIGHUP reads --users-file and --policy-file again: tunnels the new rules no
+    longer allow are closed (1008), the others go on; a broken file changes nothing.
+
     \b
     Examples:
       wstun-server --listen 127.0.0.1:8080 --allow 127.0.0.1:6379
       wstun-server --listen 127.0.0.1:8080 --allow-listen 127.0.0.1:9000-9100
+      wstun-server --users-file users.toml --allow cache.internal:6379
+      wstun-server new-token alice >> users.toml
     """
+    if ctx.invoked_subcommand is not None:
+        return
     with usage_errors():
         path = prefix_option(path_prefix)
-        policy = policy_from(allow, deny, policy_file, default_target, allow_listen)
+        source = RulesSource(allow, deny, allow_listen, policy_file, users_file, default_target)
+        if reload_interval and not source.files:
+            raise ConfigError(
+                "--reload-interval needs a file to look at: --users-file or --policy-file",
+                option="--reload-interval",
+            )
         check_workers(workers, metrics_listen)
         trusted = trusted_proxies(trusted_proxy)
         tls = tls_context(tls_cert, tls_key)
         token = load_token(token_file)
+        access = source.load(token)
         explicit = ctx.get_parameter_source("log_level") is not click.core.ParameterSource.DEFAULT
         log_level = log_level_from(log_level, verbose=verbose, quiet=quiet, explicit=explicit)
     config = ServerConfig(
         listen=listen,
         path=path,
-        policy=policy,
+        policy=access.policy,
+        users=access.users,
+        rules_source=source,
+        reload_interval=reload_interval or None,
         default_target=default_target,
         token=token,
         connect_timeout=connect_timeout,
@@ -257,6 +294,31 @@ def main(
         return
     configure_logging(log_level)
     sys.exit(run_workers(config, workers, lambda cfg: run(lambda: _serve(cfg))))
+
+
+assert isinstance(main, click.Group)  # wstun_command(subcommands=True)
+
+
+@main.command("new-token")
+@click.argument("name")
+def new_token_command(name: str) -> None:
+    """Print a fresh token for user NAME, and the [users.NAME] table for --users-file.
+
+    The token (256 random bits) goes to stderr, once: give it to the user, who
+    keeps it in a file of their own for --token-file. The table goes to stdout,
+    with the token's SHA-256 (the server never stores the token itself).
+
+    \b
+    Example:
+      wstun-server new-token alice >> users.toml
+    """
+    try:
+        token, table = new_token(name)
+    except UsersFileError as exc:
+        raise click.BadParameter(str(exc), param_hint="NAME") from None
+    click.echo(f"token for {name} (shown once; keep it in a file of its own, mode 600):", err=True)
+    click.echo(token, err=True)
+    click.echo(table, nl=False)
 
 
 async def _serve(config: ServerConfig) -> int:

@@ -18,8 +18,10 @@ from wstun.server.forwarded import TrustedProxies
 from wstun.server.policy import Policy, load_policy_file
 from wstun.server.reverse import DEFAULT_MAX_LEASES, DEFAULT_MAX_PENDING, DEFAULT_REVERSE_GRACE
 from wstun.server.tls import server_tls_context
+from wstun.server.users import Access, Users, UsersFileError, load_users
 
 __all__ = [
+    "RulesSource",
     "ServerConfig",
     "check_workers",
     "describe",
@@ -28,6 +30,37 @@ __all__ = [
     "tls_context",
     "trusted_proxies",
 ]
+
+
+@dataclasses.dataclass(frozen=True)
+class RulesSource:
+    """Where the server's rules and users come from, to be read again on a reload: the
+    command line's rules (fixed) and the policy and users files (re-read)."""
+
+    allow: tuple[str, ...] = ()
+    deny: tuple[str, ...] = ()
+    allow_listen: tuple[str, ...] = ()
+    policy_file: Path | None = None
+    users_file: Path | None = None
+    default_target: Target | None = None
+
+    @property
+    def files(self) -> list[Path]:
+        return [path for path in (self.policy_file, self.users_file) if path is not None]
+
+    def load(self, token: str | None) -> Access:
+        """Every rule and user, read and checked whole; :class:`ConfigError` names the
+        option (and the file, line, user and key) of the first problem."""
+        policy = policy_from(
+            self.allow, self.deny, self.policy_file, self.default_target, self.allow_listen
+        )
+        users: Users | None = None
+        if self.users_file is not None:
+            try:
+                users = load_users(self.users_file)
+            except UsersFileError as exc:
+                raise ConfigError(str(exc), option="--users-file") from None
+        return Access(policy, token, users)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +101,17 @@ class ServerConfig:
     reverse_max_pending: int = DEFAULT_MAX_PENDING
     #: Seconds a UDP flow lives without a datagram either way.
     udp_timeout: float = DEFAULT_UDP_TIMEOUT
+    #: The users (``--users-file``; None: the token, or nobody, as one anonymous user).
+    users: Users | None = None
+    #: Where the rules came from, for SIGHUP and ``--reload-interval`` (None: fixed).
+    rules_source: RulesSource | None = None
+    #: Seconds between looks at the users and policy files for a change (None: off).
+    reload_interval: float | None = None
+
+    @property
+    def access(self) -> Access:
+        """Who may connect and what each may reach, as configured at startup."""
+        return Access(self.policy, self.token, self.users)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "path", normalize_prefix(self.path))
@@ -95,6 +139,8 @@ def describe(config: ServerConfig) -> str:
             f"reverse max pending per lease: {config.reverse_max_pending}",
             f"default target: {config.default_target or '(none)'}",
             f"token: {'set' if config.token else 'not set'}",
+            f"users: {_users(config.users)}",
+            f"reload interval: {_seconds(config.reload_interval)}",
             f"connect timeout: {config.connect_timeout:g}s",
             f"idle timeout: {_seconds(config.idle_timeout)}",
             f"ping interval: {_seconds(config.ping_interval)}",
@@ -109,6 +155,12 @@ def describe(config: ServerConfig) -> str:
             f"max message size: {config.max_message_size}",
         ]
     )
+
+
+def _users(users: Users | None) -> str:
+    if users is None:
+        return "(no users file)"
+    return f"{len(users.users)}: {', '.join(users.names)}" if users.users else "0"
 
 
 def prefix_option(prefix: str) -> str:

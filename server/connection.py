@@ -62,6 +62,14 @@ class HandshakeConnection(TunnelServerConnection):
         self.target: Target | None = None
         # The real client's address (host:port), set during the handshake.
         self.client_peer: str = "-"
+        # The user its token names (server/users.py), once the token is checked.
+        self.user: str | None = None
+        # What the tunnel it carries now was dialled to, for a reload's second look:
+        # the address (None: no tunnel now) and ``tcp`` or ``udp``.
+        self.target_address: str | None = None
+        self.proto = "tcp"
+        # Whether it holds one of its user's tunnels (ConnectionLimits.take_tunnel).
+        self.holds_tunnel = False
         # The last response made by respond(): ours, already through _reject.
         self.responded: Response | None = None
 

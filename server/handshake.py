@@ -11,7 +11,6 @@ way (in-band, after the upgrade) passes exactly the same checks.
 
 from __future__ import annotations
 
-import hmac
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 from websockets.datastructures import Headers
@@ -31,6 +30,7 @@ from wstun.common.protocol import (
     target_from_query,
 )
 from wstun.server.badinput import NOT_ASCII, handshake_problem, query_problem
+from wstun.server.users import ANONYMOUS, Access
 
 __all__ = ["INVALID_TOKEN", "MISSING_TOKEN", "RequestChecks"]
 
@@ -45,28 +45,33 @@ INVALID_TOKEN = (
 
 
 class RequestChecks:
-    """The request-level checks of one server: its path, its token, its default target."""
+    """The request-level checks of one server: its path, who may connect (``access``,
+    replaced whole on a reload), its default target."""
 
-    def __init__(self, path: str, token: str | None, default_target: Target | None) -> None:
+    def __init__(self, path: str, access: Access, default_target: Target | None) -> None:
         self.path = path
-        self._token = token.encode() if token else None
+        self.access = access
         self._default_target = default_target
 
-    def check_token(self, headers: Headers) -> HandshakeRejection | None:
-        """401 unless the request carries the server's bearer token (if it has one)."""
-        if self._token is None:
-            return None
+    def identify(self, headers: Headers) -> str | HandshakeRejection:
+        """The user the bearer token names (ANONYMOUS for the ``--token-file`` token, and
+        for everyone when no token is needed); 401 otherwise, saying nothing of users."""
+        access = self.access
+        if not access.needs_token:
+            return ANONYMOUS
         token = bearer_token(headers.get(AUTHORIZATION_HEADER))
         if token is None:
             return HandshakeRejection(Failure.UNAUTHORIZED, MISSING_TOKEN)
-        if not hmac.compare_digest(token.encode(), self._token):
+        found = access.identify(token)
+        if found is None or found is False:
             return HandshakeRejection(Failure.UNAUTHORIZED, INVALID_TOKEN)
-        return None
+        return ANONYMOUS if found is True else found.name
 
-    def check(self, request: Request) -> Target | HandshakeRejection | None:
-        """Path, upgrade, request, query, token and target, in that order.
+    def check(self, request: Request) -> tuple[Target | None, str] | HandshakeRejection:
+        """Path, upgrade, request, query, token and target, in that order; the target
+        and the user.
 
-        None: an upgrade that offers ``wstun.v2`` and names no target, which
+        No target: an upgrade that offers ``wstun.v2`` and names none, which
         opens a WebSocket for tunnels opened in-band, or one that offers
         ``wstun.reverse.v1`` (server/reverse.py); either dials nothing now.
         """
@@ -82,13 +87,15 @@ class RequestChecks:
             return HandshakeRejection(
                 Failure.UPGRADE_REQUIRED, "this is a WebSocket tunnel endpoint; upgrade required"
             )
-        rejection = (
-            handshake_problem(request)
-            or query_problem(url.query, self._token)
-            or self.check_token(request.headers)
+        token = self.access.token
+        rejection = handshake_problem(request) or query_problem(
+            url.query, token.encode() if token else None
         )
         if rejection is not None:
             return rejection
+        user = self.identify(request.headers)
+        if isinstance(user, HandshakeRejection):
+            return user
         named = QUERY_TARGET in parse_qs(url.query, keep_blank_values=True)
         offered = request.headers.get_all("Sec-WebSocket-Protocol")
         if offers(offered, SUBPROTOCOL_REVERSE):
@@ -96,10 +103,13 @@ class RequestChecks:
                 return HandshakeRejection(
                     Failure.BAD_TARGET, "bad target: a reverse tunnel's WebSocket names none"
                 )
-            return None
+            return None, user
         if not named and offers(offered, SUBPROTOCOL_V2):
-            return None
-        return target_from_query(url.query, self._default_target)
+            return None, user
+        target = target_from_query(url.query, self._default_target)
+        if isinstance(target, HandshakeRejection):
+            return target
+        return target, user
 
     def target(self, named: str | None) -> Target | HandshakeRejection:
         """The target of an in-band ``open``: as ``?to=`` would name it, else the default."""

@@ -1,8 +1,11 @@
-"""How many tunnels the server carries at once, in total and per client address.
+"""How many tunnels the server carries at once, in total, per client address and per user.
 
 A slot is taken when a handshake passes its checks (before the target is
 dialled) and given back when that connection ends, whether it became a
-tunnel or not. Refusals are 503 with a reason naming the limit.
+tunnel or not. A user's ``max_tunnels`` (``--users-file``) counts tunnels
+and UDP flows, not WebSockets: one is taken before each target is dialled
+(over HTTP or in-band) and given back when that tunnel ends, so a warm idle
+WebSocket holds none. Refusals are 503 with a reason naming the limit.
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ class ConnectionLimits:
         # Slots held, in total and per client address (entries removed at zero).
         self.total = 0
         self.per_client: collections.Counter[str] = collections.Counter()
+        # Tunnels held per user (entries removed at zero), for each user's max_tunnels.
+        self.per_user: collections.Counter[str] = collections.Counter()
         # Set whenever no slot is held.
         self._empty = asyncio.Event()
         self._empty.set()
@@ -65,6 +70,21 @@ class ConnectionLimits:
             del self.per_client[client]
         if self.total == 0:
             self._empty.set()
+
+    def take_tunnel(self, user: str, cap: int | None) -> HandshakeRejection | None:
+        """Count one more tunnel for ``user``, unless they hold ``cap`` already."""
+        if cap is not None and self.per_user[user] >= cap:
+            return HandshakeRejection(
+                Failure.UNAVAILABLE, f"too many tunnels for user {user} (limit {cap})"
+            )
+        self.per_user[user] += 1
+        return None
+
+    def give_tunnel(self, user: str) -> None:
+        """Give back a tunnel counted by :meth:`take_tunnel`."""
+        self.per_user[user] -= 1
+        if self.per_user[user] <= 0:
+            del self.per_user[user]
 
     async def wait_empty(self) -> None:
         """Return once no slot is held."""

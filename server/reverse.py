@@ -134,7 +134,13 @@ class Lease:
     """A port held for one client process, and its data channels."""
 
     def __init__(
-        self, service: ReverseService, bind: Target, proto: str, session: str, client: str
+        self,
+        service: ReverseService,
+        bind: Target,
+        proto: str,
+        session: str,
+        client: str,
+        user: str | None = None,
     ) -> None:
         self.service = service
         self.id = secrets.token_urlsafe(24)  # 192 bits
@@ -145,12 +151,16 @@ class Lease:
         #: The client's address (host), for the per-client lease limit.
         self.client = client
         self.client_peer = "-"
+        #: The user whose token asked for it (``--users-file``), whose listen rules allow it.
+        self.user = user
         self.listener: asyncio.Server | None = None
         self.udp: FlowListener | None = None
         #: The UDP flows running on this lease's data channels.
         self.flows: set[DatagramFlow] = set()
         self.control: HandshakeConnection | None = None
         self.idle: list[DataChannel] = []
+        #: Every data channel's WebSocket, idle or busy.
+        self.channels: set[HandshakeConnection] = set()
         self.waiting: collections.deque[asyncio.Future[DataChannel]] = collections.deque()
         self._expiry: asyncio.TimerHandle | None = None
         self.expires_at: float | None = None
@@ -294,9 +304,9 @@ class Lease:
         with contextlib.suppress(ConnectionClosed):
             await control.send(encode_control(Demand(len(self.waiting))))
 
-    def close(self, why: str) -> None:
+    def close(self, why: str, code: int = CloseCode.GOING_AWAY) -> None:
         """Stop listening; waiting connections are reset, idle channels closed, UDP
-        flows ended (they have no end of their own)."""
+        flows ended (they have no end of their own; with ``code``)."""
         self.closed = True
         if self._expiry is not None:
             self._expiry.cancel()
@@ -306,7 +316,7 @@ class Lease:
         if self.udp is not None:
             self.udp.close()
         for flow in self.flows:
-            flow.stop(why)
+            flow.stop(why, code)
         for waiter in self.waiting:
             waiter.cancel()
         self.waiting.clear()
@@ -337,6 +347,7 @@ class DataChannel:
             self._assigned.set_result(None)
 
     async def run(self) -> None:
+        self.lease.channels.add(self.connection)
         try:
             while True:
                 inbound = await self._wait()
@@ -348,6 +359,7 @@ class DataChannel:
                     await self._close(CloseCode.GOING_AWAY, self._ending())
                     return
         finally:
+            self.lease.channels.discard(self.connection)
             self.lease.channel_gone(self)
             if self.keepalive is not None:
                 self.keepalive.stop()
@@ -415,6 +427,7 @@ class DataChannel:
             return True  # the client drops what went ahead; the channel is idle again
         ws = WebSocketStream(connection, eof_markers=True, keepalive=self.keepalive, reusable=True)
         report = TunnelReport(new_tunnel_id("s"), peer, connection.client_peer, kind="reverse")
+        report.user = self.lease.user
         report.sent_ahead = len(ahead.data)
         return await service.relay(stream, ws, report)
 
@@ -438,6 +451,7 @@ class DataChannel:
             lease.start(source.hold_refused())
             return True  # the client drops what went ahead; the channel is idle again
         source.report.target = connection.client_peer
+        source.report.user = lease.user
         flow = source.start(
             connection, outbound="up", timeout=service.udp_timeout, sent_ahead=len(ahead)
         )
@@ -497,7 +511,7 @@ class ReverseService:
     def __init__(
         self,
         *,
-        policy: Policy,
+        policy_for: Callable[[str | None], Policy],
         grace: float,
         max_leases: int,
         max_pending: int,
@@ -515,7 +529,8 @@ class ReverseService:
     ) -> None:
         #: Other processes (``--workers``) serve the same port and hold leases of their own.
         self.shared_port = shared_port
-        self.policy = policy
+        #: The listen rules of a user (None: no users file), as they are now.
+        self.policy_for = policy_for
         self.grace = grace
         self.max_leases = max_leases
         self.max_pending = max_pending
@@ -652,11 +667,12 @@ class ReverseService:
                     Failure.FORBIDDEN, "lease not valid for this client and address"
                 ), None
             return lease
-        if not self.policy.may_listen(bind.host, bind.port, proto):
+        policy = self.policy_for(connection.user)
+        if not policy.may_listen(bind.host, bind.port, proto):
             return HandshakeRejection(
                 Failure.FORBIDDEN,
                 f"listening not allowed: {_shown(bind, proto)}",
-                f"listen rules: {', '.join(map(str, self.policy.allow_listen)) or '(none)'}",
+                f"listen rules: {', '.join(map(str, policy.allow_listen)) or '(none)'}",
             ), None
         client = client_host(connection.client_peer)
         if self._per_client[client] >= self.max_leases:
@@ -669,8 +685,8 @@ class ReverseService:
             return HandshakeRejection(
                 Failure.CONFLICT, f"{_shown(bind, proto)} is held by another client"
             ), held.retry_after()
-        lease = Lease(self, bind, proto, listen.session, client)
-        problem = await self._listen(lease)
+        lease = Lease(self, bind, proto, listen.session, client, connection.user)
+        problem = await self._listen(lease, policy)
         if problem is not None:
             return problem, None
         self._by_id[lease.id] = lease
@@ -685,10 +701,11 @@ class ReverseService:
         )
         return lease
 
-    async def _listen(self, lease: Lease) -> HandshakeRejection | None:
-        """Bind the lease's listener (no SO_REUSEPORT); for port 0, a port the rules allow."""
+    async def _listen(self, lease: Lease, policy: Policy) -> HandshakeRejection | None:
+        """Bind the lease's listener (no SO_REUSEPORT); for port 0, a port ``policy``
+        allows."""
         bind, shown = lease.bind, str(lease)
-        for port in self._ports(bind, lease.proto):
+        for port in self._ports(bind, lease.proto, policy):
             try:
                 bound = await self._bind(lease, port)
             except OSError as exc:
@@ -736,10 +753,10 @@ class ReverseService:
         lease.listener = server
         return int(server.sockets[0].getsockname()[1])
 
-    def _ports(self, bind: Target, proto: str) -> list[int]:
+    def _ports(self, bind: Target, proto: str, policy: Policy) -> list[int]:
         if bind.port:
             return [bind.port]
-        rules = [rule for rule in self.policy.listen_rules(bind.host) if rule.proto == proto]
+        rules = [rule for rule in policy.listen_rules(bind.host) if rule.proto == proto]
         if any(rule.low <= 1 and rule.high >= 65535 for rule in rules):
             return [0]  # any port: the kernel picks
         ports = {p for rule in rules for p in range(rule.low, rule.high + 1)}
@@ -747,7 +764,7 @@ class ReverseService:
         random.shuffle(free)
         return free[:_PORT_TRIES]
 
-    def end(self, lease: Lease, why: str) -> None:
+    def end(self, lease: Lease, why: str, code: int = CloseCode.GOING_AWAY) -> None:
         """The lease is over: its port is free now."""
         if self._by_id.pop(lease.id, None) is None:
             return
@@ -755,7 +772,7 @@ class ReverseService:
         self._per_client[lease.client] -= 1
         if self._per_client[lease.client] <= 0:
             del self._per_client[lease.client]
-        lease.close(why)
+        lease.close(why, code)
         self._on_change(len(self._by_id))
         logger.info("reverse %s: port closed (%s)", lease, why)
 
@@ -786,6 +803,21 @@ class ReverseService:
             await self._refusal(connection, rejection, None)
             return
         await DataChannel(lease, connection, self._keepalive(connection)).run()
+
+    async def revoke(self, lease: Lease, why: str) -> None:
+        """The rules no longer allow ``lease``: its port closes, and its control channel,
+        its data channels (busy ones too: their tunnels are cut) and its UDP flows close
+        with 1008 and ``why``; the client is told, and does not get the port back."""
+        connections = [lease.control, *lease.channels]
+        lease.control = None
+        self.end(lease, why, CloseCode.POLICY_VIOLATION)
+        await asyncio.gather(
+            *(
+                connection.close_within(CloseCode.POLICY_VIOLATION, why)
+                for connection in connections
+                if connection is not None
+            )
+        )
 
     # Drain and stop.
 

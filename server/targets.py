@@ -82,12 +82,13 @@ class TargetDialer:
         self._observe_dial = observe_dial
 
     async def _addresses(
-        self, target: Target, proto: str = "tcp"
+        self, target: Target, proto: str, policy: Policy | None
     ) -> Sequence[str] | HandshakeRejection:
-        """Resolve ``target`` and keep the addresses the policy allows for ``proto``
-        (403 if none)."""
-        if not self.policy.may_allow(target, proto):
-            return self._forbidden(self.policy.refusal(target, proto))
+        """Resolve ``target`` and keep the addresses ``policy`` (the server's, unless a
+        user's is given) allows for ``proto`` (403 if none)."""
+        policy = policy or self.policy
+        if not policy.may_allow(target, proto):
+            return self._forbidden(policy, policy.refusal(target, proto))
         try:
             resolved = await self._resolve(target.host, target.port)
         except OSError as exc:
@@ -95,22 +96,25 @@ class TargetDialer:
                 Failure.TARGET_UNREACHABLE,
                 f"target {target}: name does not resolve ({describe_os_error(exc)})",
             )
-        decision = self.policy.decide(target, resolved, proto)
+        decision = policy.decide(target, resolved, proto)
         if not decision.allowed:
-            return self._forbidden(decision.reason)
+            return self._forbidden(policy, decision.reason)
         return decision.addresses
 
-    def _forbidden(self, reason: str) -> HandshakeRejection:
+    def _forbidden(self, policy: Policy, reason: str) -> HandshakeRejection:
         # The rules themselves go to the server's log only.
-        return HandshakeRejection(Failure.FORBIDDEN, reason, detail=self.policy.rules_text())
+        return HandshakeRejection(Failure.FORBIDDEN, reason, detail=policy.rules_text())
 
-    async def dial(self, target: Target) -> TcpStream | HandshakeRejection:
-        """Resolve, check and dial ``target`` within the connect timeout."""
+    async def dial(
+        self, target: Target, policy: Policy | None = None
+    ) -> TcpStream | HandshakeRejection:
+        """Resolve, check (under ``policy``, a user's, or the server's) and dial
+        ``target`` within the connect timeout."""
         timeout = self.connect_timeout
         started: float | None = None
         try:
             async with asyncio.timeout(timeout):
-                addresses = await self._addresses(target)
+                addresses = await self._addresses(target, "tcp", policy)
                 if isinstance(addresses, HandshakeRejection):
                     return addresses
                 started = time.monotonic()
@@ -127,12 +131,14 @@ class TargetDialer:
             if started is not None:  # a dial happened (policy refusals are not dials)
                 self._observe_dial(time.monotonic() - started)
 
-    async def dial_udp(self, target: Target) -> UdpSocket | HandshakeRejection:
+    async def dial_udp(
+        self, target: Target, policy: Policy | None = None
+    ) -> UdpSocket | HandshakeRejection:
         """Resolve and check ``target`` under the ``/udp`` rules; a UDP socket connected
         to the first address kept (a UDP connect sends nothing: it can't be refused)."""
         try:
             async with asyncio.timeout(self.connect_timeout):
-                addresses = await self._addresses(target, "udp")
+                addresses = await self._addresses(target, "udp", policy)
                 if isinstance(addresses, HandshakeRejection):
                     return addresses
                 return await open_udp(addresses[0], target.port)

@@ -28,7 +28,7 @@ __all__ = ["run_workers"]
 
 logger = logging.getLogger("wstun.server")
 
-_FORWARDED = (signal.SIGINT, signal.SIGTERM)
+_FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def _reserve_port(listen: Target) -> socket.socket:
