@@ -7,6 +7,12 @@ counts from the tunnel's :class:`~common.report.TunnelReport`, the same
 numbers the per-tunnel log line shows: WebSocket framing and EOF markers
 are never counted.
 
+With ``wstun-server --workers N`` the workers' metrics are prometheus-client's
+multiprocess kind (:func:`share_between_processes`, before the fork): each
+worker writes its values to files of its own, and the one worker that serves
+``/metrics`` adds up all of them (``MultiProcessCollector``); gauges are
+``livesum``, the sum over the workers alive.
+
 Metrics are served on their own listener (``--metrics-listen``), not on
 the tunnel port: the tunnel port faces the proxy and the internet, the
 metrics port stays on a private address for the scraper.
@@ -15,9 +21,11 @@ metrics port stays on a private address for the scraper.
 from __future__ import annotations
 
 import logging
+import os
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, values
 from prometheus_client.exposition import generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
@@ -26,12 +34,20 @@ from wstun.common.datagram import FlowEnd, FlowReport
 from wstun.common.protocol import Target, format_target
 from wstun.common.report import TunnelEnd, TunnelReport
 
-__all__ = ["METRICS_PATH", "TunnelMetrics", "serve_metrics"]
+__all__ = ["METRICS_PATH", "TunnelMetrics", "serve_metrics", "share_between_processes"]
 
 METRICS_PATH = "/metrics"
 
 #: The ``kind`` label of tunnel metrics: -L, -D and -W tunnels, and -R's.
 KINDS = ("forward", "reverse")
+
+
+def share_between_processes(path: str) -> None:
+    """Metrics made from now on, here and in the processes forked from here, keep
+    their values in files under ``path``, one set per process, for
+    :meth:`TunnelMetrics.expose_all_processes` to add up."""
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+    values.ValueClass = values.MultiProcessValue()  # type: ignore[no-untyped-call]
 
 
 class TunnelMetrics:
@@ -58,13 +74,21 @@ class TunnelMetrics:
     def __init__(self, side: str) -> None:
         self.side = side
         self.registry = CollectorRegistry(auto_describe=True)
+        # What /metrics shows: this registry, or every process's (expose_all_processes).
+        self._exposed = self.registry
         prefix = f"wstun_{side}"
         reg = self.registry
         labels = ["kind", "proto"]
         self.opened = Counter(
             f"{prefix}_tunnels_opened", "Tunnels (and UDP flows) opened.", labels, registry=reg
         )
-        self.active = Gauge(f"{prefix}_tunnels_active", "Tunnels open now.", labels, registry=reg)
+        self.active = Gauge(
+            f"{prefix}_tunnels_active",
+            "Tunnels open now.",
+            labels,
+            registry=reg,
+            multiprocess_mode="livesum",
+        )
         self.ended = Counter(
             f"{prefix}_tunnels_ended", "Tunnels ended, by how.", [*labels, "end"], registry=reg
         )
@@ -138,9 +162,16 @@ class TunnelMetrics:
     def handshake_failed(self, status: int) -> None:
         self.handshake_failures.labels(str(status)).inc()
 
+    def expose_all_processes(self, path: str) -> None:
+        """Serve the sum of every process's metrics under ``path`` (see
+        :func:`share_between_processes`) rather than this process's alone."""
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=path)  # type: ignore[no-untyped-call]
+        self._exposed = registry
+
     def render(self) -> bytes:
         """The text exposition format, as served on ``/metrics``."""
-        return generate_latest(self.registry)
+        return generate_latest(self._exposed)
 
 
 def _metrics_response(metrics: TunnelMetrics, request: Request) -> Response:

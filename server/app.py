@@ -103,7 +103,9 @@ class TunnelServer:
             resolver=resolver,
             observe_dial=self.metrics.dial_seconds.observe,
         )
-        self.limits = ConnectionLimits(config.max_connections, config.max_per_client)
+        self.limits = ConnectionLimits(
+            config.max_connections, config.max_per_client, config.shared_counts
+        )
         # Every WebSocket past its checks, for a reload's second look at what it carries.
         self._connections: set[HandshakeConnection] = set()
         self._reloading = asyncio.Lock()
@@ -147,6 +149,8 @@ class TunnelServer:
 
     def _take_tunnel(self, connection: HandshakeConnection) -> HandshakeRejection | None:
         """Count a tunnel for the connection's user (their ``max_tunnels``)."""
+        if self.config.users is None:
+            return None  # no users file: no cap, now or after a reload
         user = connection.user or ANONYMOUS
         found = self.access.user(user)
         refused = self.limits.take_tunnel(user, found.max_tunnels if found else None)
@@ -589,6 +593,8 @@ class TunnelServer:
                 self._watch_files(cfg.reload_interval)
             )
         if cfg.metrics_listen is not None:
+            if cfg.metrics_dir is not None:  # --workers N: this worker serves them all
+                self.metrics.expose_all_processes(cfg.metrics_dir)
             try:
                 self._metrics_server = await serve_metrics(self.metrics, cfg.metrics_listen, logger)
             except BaseException:

@@ -30,7 +30,6 @@ from wstun.server.app import run_server
 from wstun.server.config import (
     RulesSource,
     ServerConfig,
-    check_workers,
     describe,
     prefix_option,
     tls_context,
@@ -255,7 +254,6 @@ def main(
                 "--reload-interval needs a file to look at: --users-file or --policy-file",
                 option="--reload-interval",
             )
-        check_workers(workers, metrics_listen)
         trusted = trusted_proxies(trusted_proxy)
         tls = tls_context(tls_cert, tls_key)
         token = load_token(token_file)

@@ -17,13 +17,13 @@ from wstun.common.streams import DEFAULT_READ_SIZE, WS_MAX_SIZE
 from wstun.server.forwarded import TrustedProxies
 from wstun.server.policy import Policy, load_policy_file
 from wstun.server.reverse import DEFAULT_MAX_LEASES, DEFAULT_MAX_PENDING, DEFAULT_REVERSE_GRACE
+from wstun.server.shared import SharedCounts
 from wstun.server.tls import server_tls_context
 from wstun.server.users import Access, Users, UsersFileError, load_users
 
 __all__ = [
     "RulesSource",
     "ServerConfig",
-    "check_workers",
     "describe",
     "policy_from",
     "prefix_option",
@@ -107,6 +107,11 @@ class ServerConfig:
     rules_source: RulesSource | None = None
     #: Seconds between looks at the users and policy files for a change (None: off).
     reload_interval: float | None = None
+    #: With ``--workers N``: the limits' counts, shared by every worker (server/shared.py).
+    shared_counts: SharedCounts | None = None
+    #: With ``--workers N`` and metrics: prometheus-client's multiprocess directory, and
+    #: whether this worker serves ``/metrics`` (the sum of every worker's).
+    metrics_dir: str | None = None
 
     @property
     def access(self) -> Access:
@@ -198,16 +203,6 @@ def policy_from(
         except TargetError as exc:
             raise ConfigError(str(exc), option="--policy-file") from None
     return policy
-
-
-def check_workers(workers: int, metrics_listen: Target | None) -> None:
-    """Metrics need one worker: each would count only its own tunnels, and only one
-    could bind the port."""
-    if workers > 1 and metrics_listen is not None:
-        raise ConfigError(
-            "--metrics-listen works with one worker only: each worker would count only "
-            "its own tunnels"
-        )
 
 
 def trusted_proxies(cidrs: tuple[str, ...]) -> TrustedProxies:

@@ -54,6 +54,7 @@ class ServerMetrics(TunnelMetrics):
             "wstun_server_reverse_listeners_active",
             "Ports held for reverse tunnels.",
             registry=self.registry,
+            multiprocess_mode="livesum",
         )
         self.reloads = Counter(
             "wstun_server_config_reloads",
@@ -74,6 +75,7 @@ class ServerMetrics(TunnelMetrics):
             "Tunnels and UDP flows open now, by user.",
             ["user"],
             registry=self.registry,
+            multiprocess_mode="livesum",
         )
         self.user_ended = Counter(
             "wstun_server_user_tunnels_ended",

@@ -8,6 +8,13 @@ a supervisor (systemd, docker) restarts the whole server.
 
 With port 0 the parent first reserves a port with a bound, non-listening
 SO_REUSEPORT socket, so every worker listens on the same one.
+
+The server stays one server to its operator: ``--max-connections``,
+``--max-per-client`` and users' ``max_tunnels`` count across the workers
+(server/shared.py, made before the fork), and with ``--metrics-listen`` the
+first worker serves one ``/metrics`` that adds up every worker's
+(prometheus-client's multiprocess mode, in a directory the parent makes
+and removes; a worker's live gauges go with it).
 """
 
 from __future__ import annotations
@@ -16,13 +23,19 @@ import contextlib
 import dataclasses
 import logging
 import os
+import shutil
 import signal
 import socket
+import tempfile
 import traceback
 from collections.abc import Callable
 
+from prometheus_client.multiprocess import mark_process_dead
+
+from wstun.common.metrics import share_between_processes
 from wstun.common.protocol import Target
 from wstun.server.config import ServerConfig
+from wstun.server.shared import SharedCounts
 
 __all__ = ["run_workers"]
 
@@ -53,17 +66,29 @@ def run_workers(config: ServerConfig, workers: int, serve: Callable[[ServerConfi
         return serve(config)
     reserved = _reserve_port(config.listen)
     port = reserved.getsockname()[1]
-    config = dataclasses.replace(config, listen=Target(config.listen.host, port), reuse_port=True)
+    metrics_dir = None
+    if config.metrics_listen is not None:
+        metrics_dir = tempfile.mkdtemp(prefix="wstun-metrics-")
+        share_between_processes(metrics_dir)
+    config = dataclasses.replace(
+        config,
+        listen=Target(config.listen.host, port),
+        reuse_port=True,
+        shared_counts=SharedCounts(),
+        metrics_dir=metrics_dir,
+    )
     signal.pthread_sigmask(signal.SIG_BLOCK, _FORWARDED)
     children: list[int] = []
-    for _ in range(workers):
+    for index in range(workers):
+        # The first worker serves /metrics for all of them.
+        own = config if index == 0 else dataclasses.replace(config, metrics_listen=None)
         pid = os.fork()
         if pid == 0:  # the worker
             code = 1
             try:
                 reserved.close()
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, _FORWARDED)
-                code = serve(config)
+                code = serve(own)
             except BaseException:
                 traceback.print_exc()
             finally:
@@ -80,16 +105,22 @@ def run_workers(config: ServerConfig, workers: int, serve: Callable[[ServerConfi
         signal.signal(sig, forward)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _FORWARDED)
     logger.info("started %d workers on port %d: pids %s", workers, port, children)
-    return _wait(alive, reserved)
+    try:
+        return _wait(alive, reserved, metrics_dir)
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
-def _wait(alive: set[int], reserved: socket.socket) -> int:
+def _wait(alive: set[int], reserved: socket.socket, metrics_dir: str | None) -> int:
     """Reap workers; when one fails, stop the rest. Returns the worst exit code."""
     worst = 0
     try:
         while alive:
             pid, status = os.wait()
             alive.discard(pid)
+            if metrics_dir is not None:
+                mark_process_dead(pid, metrics_dir)  # type: ignore[no-untyped-call]
             code = _exit_code(status)
             if code and alive:
                 logger.error("worker %d exited with %d; stopping the others", pid, code)

@@ -135,11 +135,12 @@ def test_deny_and_policy_file(tmp_path: Path) -> None:
     assert "port in rule 'db:70000' must be between 1 and 65535" in out
 
 
-def test_metrics_need_a_single_worker() -> None:
-    """--metrics-listen with --workers 2 is refused: no worker sees every tunnel."""
+def test_metrics_go_with_several_workers() -> None:
+    """--metrics-listen with --workers 2 is a good configuration (one /metrics for all)."""
     code, out = run(["--check", "--workers", "2", "--metrics-listen", "127.0.0.1:9100"])
-    assert code == 2
-    assert "--metrics-listen works with one worker only" in out
+    assert code == 0
+    assert "metrics: 127.0.0.1:9100" in out
+    assert "workers: 2" in out
 
 
 def test_check_shows_seconds_alike() -> None:

@@ -9,7 +9,6 @@ import pytest
 from wstun.common.errors import ConfigError
 from wstun.common.protocol import Target
 from wstun.server.config import (
-    check_workers,
     policy_from,
     prefix_option,
     tls_context,
@@ -44,7 +43,6 @@ def test_policy_from_every_source(tmp_path: Path) -> None:
         (lambda: trusted_proxies(("not-a-network",)), "--trusted-proxy"),
         (lambda: tls_context(None, Path("key.pem")), "--tls-key"),
         (lambda: tls_context(Path("/nonexistent/chain.pem"), None), "--tls-cert"),
-        (lambda: check_workers(2, Target("127.0.0.1", 9100)), None),
     ],
 )
 def test_bad_values_name_their_option(call: object, option: str | None) -> None:
@@ -55,8 +53,6 @@ def test_bad_values_name_their_option(call: object, option: str | None) -> None:
 
 
 def test_good_values_pass() -> None:
-    """Canonical forms come back; no TLS without a certificate; one worker may serve metrics."""
+    """Canonical forms come back; no TLS without a certificate."""
     assert prefix_option("/tunnel/") == "/tunnel"
     assert tls_context(None, None) is None
-    check_workers(1, Target("127.0.0.1", 9100))
-    check_workers(4, None)
