@@ -37,6 +37,7 @@ from wstun.common.protocol import (
     SUBPROTOCOL_V2,
     CloseCode,
     ControlError,
+    Failure,
     Open,
     Refused,
     Target,
@@ -57,6 +58,10 @@ _REFILL_BACKOFF = 5.0
 
 class _Lost(Exception):
     """An idle WebSocket turned out to be gone when a tunnel took it."""
+
+
+class _Unavailable(Exception):
+    """The server refused an ``open`` with 503: it is draining or at a limit."""
 
 
 @dataclasses.dataclass(eq=False)
@@ -117,6 +122,14 @@ class PooledDialer:
                 stream = await self._open(channel, target, ahead)
             except _Lost:
                 continue
+            except _Unavailable as exc:
+                # This server can't take it now (draining, or at a limit): a fresh
+                # upgrade, which a proxy in front may send to another replica (and
+                # which gets the same 503 over HTTP if there is none).
+                logger.debug(
+                    "pool: %s refused on a warm WebSocket (%s); upgrading afresh", target, exc
+                )
+                break
             self.refill()
             return stream
         stream = await self._fresh(target)
@@ -177,6 +190,8 @@ class PooledDialer:
         if isinstance(control, Refused):
             # A refusal leaves the WebSocket idle; the server drops what went ahead.
             self._release(channel)
+            if control.status == Failure.UNAVAILABLE.value:
+                raise _Unavailable(f"{control.status} {control.reason}")
             raise HandshakeError(control.status, control.reason)
         stream = self._stream(channel)
         stream.sent_ahead = len(ahead.data)

@@ -427,3 +427,40 @@ async def test_what_went_ahead_to_a_refused_target_reaches_no_other(wstun: Wstun
     await server_lines(server, 4)
     assert client.matches(r"pool: open 127\.0\.0\.1:1 on a warm WebSocket")
     assert received == [b"first", *later]
+
+
+async def test_a_503_on_a_warm_websocket_takes_a_fresh_upgrade(wstun: Wstun, target) -> None:
+    """A server that refuses an ``open`` with 503 (it began to drain, or is at a limit)
+    costs the application nothing: the client upgrades afresh, which a proxy may send
+    to another replica, and what went ahead reaches the target once."""
+    accepted: list[bytes] = []
+    port = await target(echo_target(accepted))
+    upgrades: list[str | None] = []
+    refused = asyncio.Event()
+
+    async def draining_v2_server(ws: ServerConnection) -> None:
+        destination = target_of(ws)
+        upgrades.append(destination)
+        if destination is not None:  # a tunnel named in the URL: carried
+            await relay_v1(ws, destination)
+            await ws.close()
+            return
+        with contextlib.suppress(ConnectionClosed):  # an idle one: refuses its open
+            json.loads(await ws.recv())
+            await ws.send('{"type": "refused", "status": 503, "reason": "server is shutting down"}')
+            refused.set()
+            await client_close(ws)
+
+    async with fake_server(draining_v2_server, ["wstun.v2", "wstun.v1"]) as sport:
+        client, local = await wstun.client(
+            f"ws://127.0.0.1:{sport}/", f"127.0.0.1:{port}", "-v", "--pool", "1"
+        )
+        await echo_once(local, b"first")
+        await client.wait_for(READY)
+        await echo_once(local, b"second")
+        assert refused.is_set()
+        await client.wait_for(r"refused on a warm WebSocket \(503 server is shutting down\)")
+        await client.wait_for(r"tunnel closed id=c\d+ .*end=eof", count=2)
+    assert upgrades.count(f"127.0.0.1:{port}") == 2  # the first, and the fresh one
+    assert sorted(accepted) == [b"first", b"second"]
+    assert not client.matches(r"status=503|reset")
