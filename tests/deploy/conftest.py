@@ -13,7 +13,7 @@ import os
 import re
 import shutil
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import pytest
@@ -47,6 +47,7 @@ __all__ = [
     "scrape",
     "sha",
     "target",
+    "upstream_servers",
     "wstun",
 ]
 
@@ -68,6 +69,12 @@ def render_template(text: str, variables: Mapping[str, str]) -> str:
     left = re.findall(r"\$\{?WSTUN_\w+", rendered)
     assert not left, f"template variables not set: {left}"
     return rendered
+
+
+def upstream_servers(addresses: Iterable[str]) -> str:
+    """WSTUN_UPSTREAM_SERVERS for these replicas: a server line each, as the
+    template recommends them (max_fails=0)."""
+    return "\n    ".join(f"server {address} max_fails=0;" for address in addresses)
 
 
 def find_peer(path: str) -> str:
@@ -103,15 +110,29 @@ class Nginx:
         adds http-level directives (the template is included at http level,
         as the nginx image's conf.d is).
         """
+        return await self.start_replicas(
+            [upstream_port], read_timeout=read_timeout, tls=tls, http_extra=http_extra
+        )
+
+    async def start_replicas(
+        self,
+        upstream_ports: Sequence[int],
+        *,
+        read_timeout: str = "60s",
+        tls: tuple[Path, Path] | None = None,
+        http_extra: str = "",
+    ) -> int:
+        """As :meth:`start`, in front of a replica at each 127.0.0.1:PORT (the
+        template's upstream group, one server line each, as the template says)."""
         self.port = free_port()
         listen = f"127.0.0.1:{self.port}" + (" ssl" if tls else "")
         conf = render_template(
             TEMPLATE.read_text(),
             {
                 "WSTUN_PROXY_LISTEN": listen,
-                "WSTUN_UPSTREAM": f"127.0.0.1:{upstream_port}",
-                # An address upstream needs no lookup; the directive must still parse.
-                "WSTUN_RESOLVER": "127.0.0.1",
+                "WSTUN_UPSTREAM_SERVERS": upstream_servers(
+                    f"127.0.0.1:{port}" for port in upstream_ports
+                ),
                 "WSTUN_READ_TIMEOUT": read_timeout,
             },
         )

@@ -93,15 +93,17 @@ def test_topology_is_private_healthy_and_consistent(compose: dict[str, Any]) -> 
     assert mount[1] == "/etc/nginx/templates/default.conf.template"
     rendered = render_template(TEMPLATE.read_text(), services["proxy"]["environment"])
     assert f"location {option['--path']}/ {{" in rendered
-    # nginx resolves the server's name per request (Docker's DNS), not once at start,
-    # so a recreated server container is found at its new address.
+    # One upstream group over the replicas (least_conn); a new tunnel skips a
+    # replica that is gone (error) or draining (503). nginx resolves the name at
+    # start, so compose restarts it when it recreates the server.
     proxy_env = services["proxy"]["environment"]
-    assert f"set $wstun_upstream {proxy_env['WSTUN_UPSTREAM']};" in rendered
-    assert "proxy_pass http://$wstun_upstream;" in rendered
-    assert f"resolver {proxy_env['WSTUN_RESOLVER']} valid=" in rendered
-    assert proxy_env["WSTUN_RESOLVER"] == "127.0.0.11"
-    # A name in an upstream block would be resolved once, at start.
-    assert not re.search(r"^\s*upstream\s", rendered, re.MULTILINE)
+    assert re.search(r"^upstream wstun_servers \{$", rendered, re.MULTILINE)
+    assert "    least_conn;\n" in rendered
+    assert f"    {proxy_env['WSTUN_UPSTREAM_SERVERS']}\n" in rendered
+    assert proxy_env["WSTUN_UPSTREAM_SERVERS"].endswith("max_fails=0;")
+    assert "proxy_pass http://wstun_servers;" in rendered
+    assert "proxy_next_upstream error timeout http_503;" in rendered
+    assert services["proxy"]["depends_on"]["server"]["restart"] is True
     # The engine's SIGKILL must not cut the server's drain short.
     stop_after = services["server"]["stop_grace_period"]
     assert stop_after.endswith("s")
