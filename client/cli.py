@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import click
 
 from wstun.client.app import run_client
+from wstun.client.check import Step, format_step, render_json, run_check, verdict_line
 from wstun.client.config import (
     DEFAULT_IDLE,
     DEFAULT_LIFETIME,
@@ -53,7 +56,7 @@ from wstun.common.options import (
 from wstun.common.protocol import Target, build_tunnel_url
 from wstun.common.runtime import configure_logging, install_stop_signals, run
 
-__all__ = ["main"]
+__all__ = ["CHECK", "check_command", "main"]
 
 logger = logging.getLogger("wstun.client")
 
@@ -115,12 +118,47 @@ class _UrlType(click.types.StringParamType):
         )
 
 
+#: The first word that runs ``wstun-client check`` instead of the client.
+CHECK = "check"
+
+
 def _check_url(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    if value == CHECK:
+        raise click.BadParameter(
+            f"'{CHECK}' is a subcommand: it goes first, as in wstun-client {CHECK} [OPTIONS] URL"
+        )
     try:
         build_tunnel_url(value, None)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
     return value
+
+
+def _proxy_setting(proxy: str | None) -> str | Literal[True] | None:
+    """--proxy as ClientConfig takes it: not given, the environment's; 'none', direct."""
+    return True if proxy is None else None if proxy == "none" else proxy
+
+
+class _ClientCommand(click.Command):
+    """wstun-client, which runs :data:`check_command` when its first word is ``check``.
+
+    Not a click.Group: a group's own positional URL would take the word
+    ``check``, and everything after the URL (``wstun-client URL -L ...``)
+    would be read as a subcommand's name and arguments.
+    """
+
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        *rest: Any,
+        **extra: Any,
+    ) -> Any:
+        words = list(sys.argv[1:] if args is None else args)
+        if words[:1] == [CHECK]:
+            name = prog_name or os.path.basename(sys.argv[0]) or "wstun-client"
+            return check_command.main(words[1:], f"{name} {CHECK}", *rest, **extra)
+        return super().main(args, prog_name, *rest, **extra)
 
 
 @wstun_command("WSTUN_LOCAL='5432:db:5432 6379:cache:6379'")
@@ -332,6 +370,8 @@ def main(
     \b
       wstun-client -R 9000:127.0.0.1:3000 ws://127.0.0.1:8080/
       curl http://127.0.0.1:9000/    # on the server: the laptop's port 3000
+    \b
+      wstun-client check wss://tunnel.example.com/    # where does the path break?
     """
     with usage_errors():
         check_modes(forwards, dynamic, stdio_target, remotes)
@@ -361,7 +401,7 @@ def main(
         ping_interval=seconds_or_off(ping_interval),
         ping_timeout=seconds_or_off(ping_timeout),
         headers=headers,
-        proxy=True if proxy is None else None if proxy == "none" else proxy,
+        proxy=_proxy_setting(proxy),
         cacert=cacert,
         insecure=insecure,
         metrics_listen=metrics_listen,
@@ -402,3 +442,120 @@ async def _forward(config: ClientConfig, *, status: bool) -> int:
     except OSError as exc:
         logger.error("%s", exc.strerror or exc)
         return 1
+
+
+# The client command routes ``wstun-client check ...`` to check_command (see _ClientCommand);
+# wstun_command made it a click.Command, and only main() differs.
+main.__class__ = _ClientCommand
+
+#: The client's options that check takes too, the very same objects: one type,
+#: callback, environment variable and help text for both.
+_CHECK_SHARED = (
+    "token_file",
+    "cacert",
+    "insecure",
+    "tls_server_name",
+    "connect_to",
+    "proxy",
+    "headers",
+    "connect_timeout",
+    "ping_interval",
+)
+
+
+@click.command(
+    CHECK,
+    context_settings={"auto_envvar_prefix": ENV_PREFIX, "help_option_names": ["-h", "--help"]},
+    epilog="Exit status: 0 when every step passed, 1 when one failed, 2 for bad options. "
+    f"The shared options come from {ENV_PREFIX}_<OPTION> too, as for wstun-client.",
+)
+@click.argument("url", envvar=f"{ENV_PREFIX}_URL", type=_UrlType(), callback=_check_url)
+@click.option(
+    "--target",
+    type=TARGET,
+    allow_from_autoenv=False,
+    help="Also ask the server to open a tunnel to HOST:PORT: is it allowed, and can the "
+    "server reach it? (The check closes it at once.)",
+)
+@click.option(
+    "--idle-probe",
+    type=click.FloatRange(min=0, min_open=True, max=3600),
+    metavar="S",
+    allow_from_autoenv=False,
+    help="Also hold an idle WebSocket, no pings from this side, up to S seconds, and say "
+    "when the path closes it: set --ping-interval below that.",
+)
+@click.option(
+    "--json", "as_json", is_flag=True, allow_from_autoenv=False, help="Print the report as JSON."
+)
+def check_command(
+    url: str,
+    target: Target | None,
+    idle_probe: float | None,
+    as_json: bool,
+    token_file: Path | None,
+    cacert: Path | None,
+    insecure: bool,
+    tls_server_name: str | None,
+    connect_to: Target | None,
+    proxy: str | None,
+    headers: tuple[tuple[str, str], ...],
+    connect_timeout: float,
+    ping_interval: float,
+) -> None:
+    """Walk the path to the wstun server at URL and say where it breaks.
+
+    One line per step: proxy, resolve, tcp, connect (the proxy's CONNECT), tls,
+    upgrade, token, target (--target), ping (10 round trips) and idle
+    (--idle-probe), then the verdict. It goes the way tunnels go: the same
+    proxy, --connect-to, TLS options, headers and token.
+
+    \b
+    Examples:
+      wstun-client check wss://tunnel.example.com/tunnel/
+      wstun-client check --target db:5432 --idle-probe 120 wss://tunnel.example.com/
+      wstun-client check --json ws://127.0.0.1:8080/ | jq .failed
+    """
+    with usage_errors():
+        check_tls_options(
+            url,
+            cacert=cacert,
+            insecure=insecure,
+            tls_server_name=tls_server_name,
+            connect_to=connect_to,
+            proxy=proxy,
+        )
+        token = load_token(token_file)
+    config = ClientConfig(
+        url=url,
+        token=token,
+        connect_timeout=connect_timeout,
+        ping_interval=seconds_or_off(ping_interval),
+        headers=headers,
+        proxy=_proxy_setting(proxy),
+        cacert=cacert,
+        insecure=insecure,
+        connect_to=connect_to,
+        tls_server_name=tls_server_name,
+    )
+    # The report says everything, --insecure included; logs would only repeat it.
+    configure_logging("error")
+    sys.exit(run(lambda: _check(config, target, idle_probe, as_json=as_json)))
+
+
+check_command.params.extend(param for param in main.params if param.name in _CHECK_SHARED)
+
+
+async def _check(
+    config: ClientConfig, target: Target | None, idle_probe: float | None, *, as_json: bool
+) -> int:
+    """Run the check; text lines as each step ends (the idle probe takes a while), or JSON."""
+
+    def show(step: Step) -> None:
+        click.echo(format_step(step))
+
+    report = await run_check(
+        config, target=target, idle_probe=idle_probe, on_step=None if as_json else show
+    )
+    click.echo(render_json(report) if as_json else verdict_line(report))
+    return 0 if report.ok else 1
