@@ -72,11 +72,13 @@ _ABORT_CLOSE_TIMEOUT = 2.0
 
 
 def _describe_close(exc: ConnectionClosed) -> str:
+    if exc.sent is not None and (exc.rcvd is None or exc.rcvd_then_sent is False):
+        # This side closed first (a drain, a reload's revocation): the peer only echoed.
+        reason = f" ({exc.sent.reason})" if exc.sent.reason else ""
+        return f"WebSocket closed by this side with {exc.sent.code}{reason}"
     if exc.rcvd is not None:
         reason = f" ({exc.rcvd.reason})" if exc.rcvd.reason else ""
         return f"peer closed the WebSocket with {exc.rcvd.code}{reason}"
-    if exc.sent is not None:
-        return f"WebSocket closed by this side with {exc.sent.code}"
     return "WebSocket connection lost without a close frame"
 
 

@@ -261,6 +261,10 @@ async def test_sighup_closes_what_the_new_rules_forbid_and_nothing_else(
         r"closing peer=\S+ user=alice target=\S+: policy changed: user alice removed"
     )
     await server.wait_for(
+        r"tunnel closed id=s\d+ user=alice .*end=error reason=\"client read failed: WebSocket "
+        r"closed by this side with 1008 \(policy changed: user alice removed\)\""
+    )
+    await server.wait_for(
         rf"closing peer=\S+ user=robot target=127\.0\.0\.1:{db}: policy changed: "
         rf"target 127\.0\.0\.1:{db} no longer allowed"
     )
