@@ -24,7 +24,9 @@ the counters say how late packets left (``late_max_ms``, ``late_over_1ms``).
 from __future__ import annotations
 
 import argparse
+import collections
 import ctypes
+import errno
 import fcntl
 import heapq
 import os
@@ -81,6 +83,8 @@ class Counters:
         self.packets = 0
         self.bytes = 0
         self.dropped = 0
+        #: Why writes failed: errno name -> count.
+        self.drop_errors: collections.Counter[str] = collections.Counter()
         self.late_max = 0.0
         self.late_sum = 0.0
         #: Packets released more than 1 ms after they were due.
@@ -93,6 +97,7 @@ class Counters:
             f"delaylink: packets={self.packets} bytes={self.bytes} dropped={self.dropped} "
             f"queue_max={self.queue_max} late_mean_ms={late_mean * 1000:.3f} "
             f"late_max_ms={self.late_max * 1000:.3f} late_over_1ms={self.late_1ms}"
+            + "".join(f" drop_{name}={count}" for name, count in sorted(self.drop_errors.items()))
         )
 
 
@@ -121,8 +126,9 @@ def forward(fd_a: int, fd_b: int, delay: float, counters: Counters) -> None:
             release, _, out, packet = heapq.heappop(queue)
             try:
                 os.write(out, packet)
-            except OSError:
+            except OSError as exc:
                 counters.dropped += 1  # a full device queue: the packet is lost, as on a wire
+                counters.drop_errors[errno.errorcode.get(exc.errno or 0, str(exc.errno))] += 1
                 continue
             late = now - release
             counters.packets += 1
