@@ -18,15 +18,15 @@ import re
 from pathlib import Path
 
 import pytest
-import trustme
 
 from wstun.common import __version__
 
 from ..deploy.conftest import Nginx, nginx
 from ..deploy.test_http_proxy import start_tinyproxy
+from ..deploy.test_tls import ca, write_cert
 from .conftest import Handler, Wstun, echo_target, find_command, free_port
 
-__all__ = ["nginx"]  # the nginx fixture, from tests/deploy
+__all__ = ["ca", "nginx"]  # fixtures from tests/deploy: nginx, and the TLS tests' CA
 
 TIMEOUT = 60.0
 STEPS = ("proxy", "resolve", "tcp", "connect", "tls", "upgrade", "token", "target", "ping", "idle")
@@ -123,21 +123,6 @@ async def check(*args: str, env: dict[str, str] | None = None) -> Checked:
 async def check_json(*args: str, env: dict[str, str] | None = None) -> tuple[int, dict]:
     checked = await check("--json", *args, env=env)
     return checked.code, json.loads(checked.out)
-
-
-@pytest.fixture(scope="module")
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
-def write_cert(ca: trustme.CA, directory: Path, *names: str) -> tuple[Path, Path, Path]:
-    """A certificate for ``names`` signed by ``ca``; (ca.pem, chain.pem, key.pem)."""
-    cert = ca.issue_cert(*names)
-    ca_file, chain, key = directory / "ca.pem", directory / "chain.pem", directory / "key.pem"
-    ca.cert_pem.write_to_path(str(ca_file))
-    chain.write_bytes(b"".join(blob.bytes() for blob in cert.cert_chain_pems))
-    cert.private_key_pem.write_to_path(str(key))
-    return ca_file, chain, key
 
 
 def token_file(directory: Path, name: str, token: str) -> Path:

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import Process, Wstun, echo_target, free_port, sha
-from .test_tunnel import TIMEOUT
+from .test_tunnel import TIMEOUT, expect_reset
 
 LISTEN = r"listening on 127\.0\.0\.1:(\d+)"
 
@@ -111,21 +111,6 @@ async def sees_reset(connection: tuple[asyncio.StreamReader, asyncio.StreamWrite
         writer.close()
 
 
-async def refused(port: int) -> None:
-    """A new connection through the tunnel is reset (the server refused its tunnel)."""
-
-    async def connect_and_read() -> bytes:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        try:
-            return await asyncio.wait_for(reader.read(), TIMEOUT)
-        finally:
-            writer.close()
-
-    # The reset can come so fast that it already fails the connect call.
-    with pytest.raises(ConnectionResetError):
-        await connect_and_read()
-
-
 async def metrics(port: int) -> str:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
@@ -180,11 +165,11 @@ async def test_each_user_reaches_what_their_rules_allow(wstun: Wstun, target, us
         await exchange(port)
     await server.wait_for(r"tunnel closed id=\S+ user=alice peer=", count=2)
     await server.wait_for(r"tunnel closed id=\S+ user=robot peer=")
-    await refused(robot_db)
+    await expect_reset(wstun, robot_db)
     await server.wait_for(
         rf"rejected peer=\S+ user=robot status=403 reason=target not allowed: 127\.0\.0\.1:{db}"
     )
-    await refused(alice_secret)
+    await expect_reset(wstun, alice_secret)
     await server.wait_for(
         rf"rejected peer=\S+ user=alice status=403 reason=target not allowed: "
         rf"127\.0\.0\.1:{secret} \(denied by"
@@ -192,7 +177,7 @@ async def test_each_user_reaches_what_their_rules_allow(wstun: Wstun, target, us
 
     # max_tunnels = 2 for the robot: two held, the third refused; alice unaffected.
     first, second = await held(robot_cache), await held(robot_cache)
-    await refused(robot_cache)
+    await expect_reset(wstun, robot_cache)
     await server.wait_for(
         r"user=robot status=503 reason=too many tunnels for user robot \(limit 2\)"
     )
@@ -270,9 +255,9 @@ async def test_sighup_closes_what_the_new_rules_forbid_and_nothing_else(
     )
 
     # New tunnels follow the new rules.
-    await refused(alice_db)
+    await expect_reset(wstun, alice_db)
     await server.wait_for(r"status=401")
-    await refused(robot_db)
+    await expect_reset(wstun, robot_db)
     await server.wait_for(rf"user=robot status=403 reason=target not allowed: 127\.0\.0\.1:{db}")
     await exchange(robot_cache)
 
@@ -285,7 +270,7 @@ async def test_sighup_closes_what_the_new_rules_forbid_and_nothing_else(
     )
     await moves_exactly(robot_cache_open)
     await exchange(robot_cache)
-    await refused(robot_db)
+    await expect_reset(wstun, robot_db)
     text = await metrics(mport)
     assert 'wstun_server_config_reloads_total{result="ok"} 1.0' in text
     assert 'wstun_server_config_reloads_total{result="error"} 1.0' in text
@@ -365,5 +350,5 @@ async def test_sighup_rereads_the_policy_file_without_a_users_file(
     await server.wait_for(r"server-wide rules changed; tunnels closed: 1;")
     await sees_reset(db_open)
     await moves_exactly(cache_open)
-    await refused(to_db)
+    await expect_reset(wstun, to_db)
     cache_open[1].close()
