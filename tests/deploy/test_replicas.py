@@ -257,7 +257,8 @@ async def test_killed_replica_resets_its_tunnels_and_new_ones_go_on(replicas: Re
     new = [await replicas.open() for _ in range(4)]
     for app in new:
         await app.exchange(os.urandom(65536))
-    assert 0 not in replicas.replica_of(new)
+    landed = replicas.replica_of(new)
+    assert 0 not in landed
 
     survivors = [*spread[1], *spread[2]]
     await asyncio.gather(*(app.finish(payloads[app.tag][half:]) for app in survivors))
@@ -277,7 +278,14 @@ async def test_killed_replica_resets_its_tunnels_and_new_ones_go_on(replicas: Re
         )
     refused = r"connect\(\) failed \(111: Connection refused\) .*upstream: \"http://"
     assert len(replicas.proxy.matches(refused + re.escape(dead))) == len(new)
-    closed = [line for server in replicas.servers[1:] for line in server.matches(CLOSED)]
+    # Each survivor's line is written once its side of the tunnel is over: wait for them.
+    closed = [
+        line
+        for index in (1, 2)
+        for line in await replicas.servers[index].wait_for(
+            CLOSED, count=len(spread[index]) + landed.count(index)
+        )
+    ]
     tunnel = 4 + 2 * half  # the tag, then the payload
     assert Counter(line.groups() for line in closed) == {
         (str(tunnel), str(tunnel), "eof"): len(survivors),
@@ -315,6 +323,7 @@ async def test_draining_replica_finishes_its_tunnels_new_ones_go_elsewhere(
     for app in apps:
         assert sha(bytes(app.received)) == sha(payloads[app.tag])
     assert await asyncio.to_thread(draining.popen.wait, TIMEOUT) == 0
+    await asyncio.to_thread(draining.stop)  # exited: this reads the rest of its log
     assert time.monotonic() - signalled < GRACE
     assert not draining.matches("grace period over")
     tunnel = 4 + 2 * half  # the tag, then the payload
