@@ -15,9 +15,10 @@ import asyncio
 import contextlib
 import ssl
 import time
-import urllib.request
 from collections.abc import Callable
 from urllib.parse import urlsplit
+
+from wstun.common.streams.internals import environment_proxy
 
 __all__ = [
     "SchemeProbe",
@@ -96,21 +97,17 @@ def _is_ip(host: str) -> bool:
 
 
 def proxy_for(url: str, setting: object) -> str | None:
-    """The HTTP CONNECT proxy the client goes through for ``url``, or None (direct).
+    """The proxy the client goes through for ``url``, or None (direct).
 
-    ``setting`` is the client's: None (direct), True (the environment's:
-    ``WSS_PROXY``/``HTTPS_PROXY`` for wss://, ``WS_PROXY``/``HTTPS_PROXY``/
-    ``HTTP_PROXY`` for ws://, bypassed for hosts in ``NO_PROXY``) or a URL.
+    ``setting`` is the client's: None (direct), True (the environment's, by
+    the rule tunnels follow, websockets': ``socks_proxy`` first, then
+    ``HTTPS_PROXY``, and ``HTTP_PROXY`` for ws://, none for hosts in
+    ``NO_PROXY``) or a URL. One rule, so the startup check and the scheme
+    probes go where tunnels go.
     """
     if setting is None or isinstance(setting, str):
         return setting
-    parts = urlsplit(url)
-    proxies = urllib.request.getproxies()
-    wanted = ("wss", "https") if parts.scheme == "wss" else ("ws", "https", "http")
-    found = next((proxies[name] for name in wanted if name in proxies), None)
-    if found is None or (parts.hostname and urllib.request.proxy_bypass(parts.hostname)):
-        return None
-    return found
+    return environment_proxy(url)
 
 
 def direct_address(url: str, proxy: object) -> tuple[str, int] | None:

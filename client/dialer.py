@@ -24,7 +24,7 @@ from websockets.exceptions import (
 from websockets.typing import Subprotocol
 
 from wstun.client.config import ClientConfig
-from wstun.client.diagnose import SchemeProbe, direct_address, looks_like_tls, proxy_for
+from wstun.client.diagnose import SchemeProbe, direct_address, looks_like_tls
 from wstun.client.probe import probe
 from wstun.client.tls import client_tls_context, describe_tls_error
 from wstun.common import __version__
@@ -83,7 +83,10 @@ class WebSocketDialer:
         address = direct_address(config.url, None) or (host, 0)
         if config.connect_to is not None:
             address = (config.connect_to.host, config.connect_to.port)
-        proxy = None if config.connect_to is not None else proxy_for(config.url, config.proxy)
+        proxy = None if config.connect_to is not None else self._proxy
+        if proxy is not None and proxy.startswith("socks"):
+            # The check speaks HTTP CONNECT only; tunnels go through the SOCKS proxy.
+            return f"server not checked at startup (through the SOCKS proxy {_shown(proxy)})"
         try:
             status, reason = await probe(
                 config.url,
@@ -215,3 +218,9 @@ class WebSocketDialer:
             ping_interval=self.config.ping_interval,
             ping_timeout=self.config.ping_timeout,
         )
+
+
+def _shown(proxy: str) -> str:
+    """A proxy URL without its credentials, for a log line."""
+    parts = urlsplit(proxy)
+    return f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "")
