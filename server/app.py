@@ -649,7 +649,15 @@ def startup_notes(config: ServerConfig) -> list[tuple[int, str]]:
     """What an operator should know at startup: who may connect, what they may reach."""
     policy = config.policy
     users = config.users
-    if users is not None:
+    if users is not None and not users.users and not config.token:
+        notes = [
+            (
+                logging.WARNING,
+                "the users file has no users and there is no --token-file: every tunnel "
+                "will be refused with 401",
+            )
+        ]
+    elif users is not None:
         names = ", ".join(users.names) or "none"
         also = "; and the --token-file token, with the server-wide rules" if config.token else ""
         notes = [

@@ -10,7 +10,8 @@ from websockets.datastructures import Headers
 
 from wstun.common.errors import ConfigError
 from wstun.common.protocol import HandshakeRejection, Target
-from wstun.server.config import RulesSource
+from wstun.server.app import startup_notes
+from wstun.server.config import RulesSource, ServerConfig
 from wstun.server.handshake import INVALID_TOKEN, MISSING_TOKEN, RequestChecks
 from wstun.server.limits import ConnectionLimits
 from wstun.server.policy import Policy
@@ -684,3 +685,27 @@ def test_listen_revoked() -> None:
     assert listen_revoked(None, bind, "udp", old) == (
         "policy changed: listening on 127.0.0.1:9001/udp no longer allowed"
     )
+
+
+# -- what the server says at startup ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("users", "token", "said"),
+    [
+        (Users(()), None, "the users file has no users and there is no --token-file"),
+        (
+            Users(()),
+            "t0ken",
+            "users: 0 (none), each with a token of their own; and the --token-file",
+        ),
+        (
+            parse_users(table("alice", ALICE) + table("robot", ROBOT), "users.toml"),
+            None,
+            "users: 2 (alice, robot), each with a token of their own",
+        ),
+    ],
+)
+def test_startup_says_who_may_connect(users: Users, token: str | None, said: str) -> None:
+    notes = startup_notes(ServerConfig(users=users, token=token))
+    assert any(said in line for _, line in notes), notes
