@@ -61,13 +61,7 @@ from wstun.server.handshake import RequestChecks
 from wstun.server.limits import ConnectionLimits, client_host
 from wstun.server.metrics import ServerMetrics
 from wstun.server.policy import Policy
-from wstun.server.reload import (
-    Changes,
-    fingerprint,
-    listen_revoked,
-    target_revoked,
-    user_revoked,
-)
+from wstun.server.reload import Changes, fingerprint, lease_revoked, tunnel_revoked
 from wstun.server.reverse import Lease, ReverseService
 from wstun.server.targets import Resolver, TargetDialer, resolve
 from wstun.server.users import ANONYMOUS, Access
@@ -98,7 +92,6 @@ class TunnelServer:
         self.checks = RequestChecks(config.path, self.access, config.default_target)
         # The target: policy, resolution, dial.
         self.targets = TargetDialer(
-            config.policy,
             config.connect_timeout,
             resolver=resolver,
             observe_dial=self.metrics.dial_seconds.observe,
@@ -199,10 +192,7 @@ class TunnelServer:
         """A reload came while the target was dialled: the new rules decide."""
         if self.access is access:
             return None
-        user = connection.user
-        why = user_revoked(user, access, self.access)
-        if why is None and address is not None:
-            why = target_revoked(user, target, address, proto, self.access)
+        why = tunnel_revoked(connection.user, target, address, proto, access, self.access)
         return None if why is None else HandshakeRejection(Failure.FORBIDDEN, why)
 
     # Handshake: every check, then the dial, before 101.
@@ -489,7 +479,6 @@ class TunnelServer:
                 return False
             old, self.access = self.access, access
             self.checks.access = access
-            self.targets.policy = access.policy
             listeners = await self._revoke_leases(old, access)
             tunnels = await self._revoke_tunnels(old, access)
             self.metrics.reloads.labels("ok").inc()
@@ -506,9 +495,7 @@ class TunnelServer:
         """Close the reverse listeners the new rules no longer allow; how many."""
         revoked: list[tuple[Lease, str]] = []
         for lease in self.reverse.leases:
-            why = user_revoked(lease.user, old, new) or listen_revoked(
-                lease.user, lease.bind, lease.proto, new
-            )
+            why = lease_revoked(lease.user, lease.bind, lease.proto, old, new)
             if why is not None:
                 revoked.append((lease, why))
         await asyncio.gather(*(self.reverse.revoke(lease, why) for lease, why in revoked))
@@ -519,10 +506,14 @@ class TunnelServer:
         new rules no longer allow; how many of them carried a tunnel."""
         closing: list[tuple[HandshakeConnection, str]] = []
         for connection in list(self._connections):
-            why = user_revoked(connection.user, old, new)
-            target, address = connection.target, connection.target_address
-            if why is None and target is not None and address is not None:
-                why = target_revoked(connection.user, target, address, connection.proto, new)
+            why = tunnel_revoked(
+                connection.user,
+                connection.target,
+                connection.target_address,
+                connection.proto,
+                old,
+                new,
+            )
             if why is not None:
                 closing.append((connection, why))
         carrying = 0

@@ -63,7 +63,7 @@ class RequestChecks:
         if token is None:
             return HandshakeRejection(Failure.UNAUTHORIZED, MISSING_TOKEN)
         found = access.identify(token)
-        if found is None or found is False:
+        if found is None:
             return HandshakeRejection(Failure.UNAUTHORIZED, INVALID_TOKEN)
         return ANONYMOUS if found is True else found.name
 

@@ -18,7 +18,15 @@ from pathlib import Path
 from wstun.common.protocol import Target
 from wstun.server.users import ANONYMOUS, Access
 
-__all__ = ["Changes", "fingerprint", "listen_revoked", "target_revoked", "user_revoked"]
+__all__ = [
+    "Changes",
+    "fingerprint",
+    "lease_revoked",
+    "listen_revoked",
+    "target_revoked",
+    "tunnel_revoked",
+    "user_revoked",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,6 +93,31 @@ def listen_revoked(user: str | None, bind: Target, proto: str, new: Access) -> s
         return None
     shown = f"{bind}/udp" if proto == "udp" else str(bind)
     return f"policy changed: listening on {shown} no longer allowed"
+
+
+def tunnel_revoked(
+    user: str | None,
+    target: Target | None,
+    address: str | None,
+    proto: str,
+    old: Access,
+    new: Access,
+) -> str | None:
+    """Why a WebSocket of ``user`` must close under ``new``: its user is revoked, or the
+    tunnel it carries (to ``target``, dialled at ``address``; None: no tunnel) is no
+    longer allowed. None: it may go on."""
+    why = user_revoked(user, old, new)
+    if why is None and target is not None and address is not None:
+        why = target_revoked(user, target, address, proto, new)
+    return why
+
+
+def lease_revoked(
+    user: str | None, bind: Target, proto: str, old: Access, new: Access
+) -> str | None:
+    """Why a reverse listener of ``user`` on ``bind`` must close under ``new``: its user
+    is revoked, or its listen rule is gone. None: it stays."""
+    return user_revoked(user, old, new) or listen_revoked(user, bind, proto, new)
 
 
 def fingerprint(paths: list[Path]) -> tuple[str, ...]:

@@ -61,7 +61,8 @@ async def dial_first(addresses: Sequence[str], port: int) -> TcpStream:
 
 
 class TargetDialer:
-    """Checks a target against ``policy`` and dials it within ``connect_timeout``.
+    """Checks a target against the policy it is given and dials it within
+    ``connect_timeout``.
 
     ``observe_dial`` is told how long each dial took (a policy refusal is
     not a dial); ``resolver`` turns names into addresses (injectable, so
@@ -70,23 +71,20 @@ class TargetDialer:
 
     def __init__(
         self,
-        policy: Policy,
         connect_timeout: float,
         *,
         resolver: Resolver = resolve,
         observe_dial: Callable[[float], object] = lambda seconds: None,
     ) -> None:
-        self.policy = policy
         self.connect_timeout = connect_timeout
         self._resolve = resolver
         self._observe_dial = observe_dial
 
     async def _addresses(
-        self, target: Target, proto: str, policy: Policy | None
+        self, target: Target, proto: str, policy: Policy
     ) -> Sequence[str] | HandshakeRejection:
-        """Resolve ``target`` and keep the addresses ``policy`` (the server's, unless a
-        user's is given) allows for ``proto`` (403 if none)."""
-        policy = policy or self.policy
+        """Resolve ``target`` and keep the addresses ``policy`` allows for ``proto``
+        (403 if none)."""
         if not policy.may_allow(target, proto):
             return self._forbidden(policy, policy.refusal(target, proto))
         try:
@@ -105,11 +103,9 @@ class TargetDialer:
         # The rules themselves go to the server's log only.
         return HandshakeRejection(Failure.FORBIDDEN, reason, detail=policy.rules_text())
 
-    async def dial(
-        self, target: Target, policy: Policy | None = None
-    ) -> TcpStream | HandshakeRejection:
-        """Resolve, check (under ``policy``, a user's, or the server's) and dial
-        ``target`` within the connect timeout."""
+    async def dial(self, target: Target, policy: Policy) -> TcpStream | HandshakeRejection:
+        """Resolve, check (under ``policy``: the server-wide rules and, with a users
+        file, the user's) and dial ``target`` within the connect timeout."""
         timeout = self.connect_timeout
         started: float | None = None
         try:
@@ -131,9 +127,7 @@ class TargetDialer:
             if started is not None:  # a dial happened (policy refusals are not dials)
                 self._observe_dial(time.monotonic() - started)
 
-    async def dial_udp(
-        self, target: Target, policy: Policy | None = None
-    ) -> UdpSocket | HandshakeRejection:
+    async def dial_udp(self, target: Target, policy: Policy) -> UdpSocket | HandshakeRejection:
         """Resolve and check ``target`` under the ``/udp`` rules; a UDP socket connected
         to the first address kept (a UDP connect sends nothing: it can't be refused)."""
         try:

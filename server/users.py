@@ -31,7 +31,7 @@ import secrets
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from wstun.common.errors import TargetError
 from wstun.server.policy import Policy
@@ -85,6 +85,11 @@ class Users:
     """The users of a users file, in its order."""
 
     users: tuple[User, ...] = ()
+    # By name, for the lookups of every tunnel (derived from ``users``).
+    _by_name: dict[str, User] = dataclasses.field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_by_name", {user.name: user for user in self.users})
 
     def identify(self, token: str) -> User | None:
         """The user whose token this is; every hash is compared, whatever matches."""
@@ -96,10 +101,7 @@ class Users:
         return found
 
     def named(self, name: str) -> User | None:
-        for user in self.users:
-            if user.name == name:
-                return user
-        return None
+        return self._by_name.get(name)
 
     @property
     def names(self) -> list[str]:
@@ -119,7 +121,7 @@ class Access:
     def needs_token(self) -> bool:
         return self.token is not None or self.users is not None
 
-    def identify(self, token: str) -> User | bool | None:
+    def identify(self, token: str) -> User | Literal[True] | None:
         """Who ``token`` is: a user of the file, True for the ``--token-file`` token,
         None for nobody. Every user's hash is compared either way."""
         user = self.users.identify(token) if self.users is not None else None
