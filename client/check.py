@@ -18,7 +18,6 @@ verification, headers, token and words for failures.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import dataclasses
 import enum
@@ -33,13 +32,15 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import SplitResult, urlsplit, urlunsplit
 
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from wstun.client.config import ClientConfig
+from wstun.client.diagnose import is_ip
 from wstun.client.dialer import PLAIN_SERVER, WebSocketDialer
+from wstun.client.probe import connect_request
 from wstun.client.tls import client_tls_context, describe_tls_error
 from wstun.common.errors import HandshakeError, describe_os_error
 from wstun.common.protocol import (
@@ -369,14 +370,6 @@ def _seen(sink: asyncio.StreamWriter) -> _Seen:
     return _Seen(tls.version(), cipher[0] if cipher else None, certificate)
 
 
-def _is_address(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
-
-
 #: OpenSSL's verify codes the check has advice for.
 _UNKNOWN_ISSUER = frozenset({2, 18, 19, 20, 21})  # no issuer / self-signed / not local
 _EXPIRED, _HOSTNAME_MISMATCH, _IP_MISMATCH = 10, 62, 64
@@ -451,7 +444,7 @@ class _Walk:
     async def resolve_step(self) -> Step:
         host, port, role = self.hop
         behind = f"; the proxy resolves {self.host}" if role == "the proxy" else ""
-        if _is_address(host):
+        if is_ip(host):
             family = socket.AF_INET6 if ":" in host else socket.AF_INET
             self.addresses = [(family, (host, port))]
             detail = f"{host} is an address ({role}): nothing to resolve{behind}"
@@ -521,7 +514,7 @@ class _Walk:
                     await self.streams[1].start_tls(
                         ssl.create_default_context(), server_hostname=proxy.hostname
                     )
-                head = await self._ask_proxy(proxy.username, proxy.password, authority)
+                head = await self._ask_proxy(proxy, authority)
         except TimeoutError:
             detail = f"the proxy did not answer CONNECT {authority} within {self.timeout:g}s"
             return Step("connect", Status.FAIL, detail)
@@ -550,14 +543,10 @@ class _Walk:
         detail = f"the proxy refused CONNECT {authority}: {shown}"
         return Step("connect", Status.FAIL, detail + _proxy_advice(status), facts)
 
-    async def _ask_proxy(self, user: str | None, password: str | None, authority: str) -> bytes:
+    async def _ask_proxy(self, proxy: SplitResult, authority: str) -> bytes:
         assert self.streams is not None
         source, sink = self.streams
-        lines = [f"CONNECT {authority} HTTP/1.1", f"Host: {authority}"]
-        if user is not None:
-            secret = f"{unquote(user)}:{unquote(password or '')}".encode()
-            lines.append(f"Proxy-Authorization: Basic {base64.b64encode(secret).decode()}")
-        sink.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+        sink.write(connect_request(authority, proxy))
         # At most the stream's limit (64 KiB), else LimitOverrunError.
         return await source.readuntil(b"\r\n\r\n")
 
@@ -572,7 +561,7 @@ class _Walk:
             return Step("tls", Status.SKIP, "not checked through this proxy: see the upgrade")
         config = self.config
         context = client_tls_context(config.cacert, insecure=config.insecure)
-        sni = None if _is_address(self.sni) else self.sni
+        sni = None if is_ip(self.sni) else self.sni
         try:
             ms, seen = await self._handshake(context)
         except ssl.SSLCertVerificationError as exc:

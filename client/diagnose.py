@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import ssl
 import time
 from collections.abc import Callable
@@ -23,6 +24,7 @@ from wstun.common.streams.internals import environment_proxy
 __all__ = [
     "SchemeProbe",
     "direct_address",
+    "is_ip",
     "looks_like_tls",
     "proxy_for",
     "speaks_http",
@@ -45,7 +47,7 @@ async def speaks_tls(host: str, port: int, timeout: float = PROBE_TIMEOUT) -> bo
     try:
         async with asyncio.timeout(timeout):
             _, writer = await asyncio.open_connection(
-                host, port, ssl=context, server_hostname=host if not _is_ip(host) else None
+                host, port, ssl=context, server_hostname=host if not is_ip(host) else None
             )
     except ssl.SSLError as exc:
         # A TLS alert is TLS too; a record that isn't TLS, or a silent close, is not.
@@ -86,9 +88,8 @@ def looks_like_tls(text: str) -> bool:
     return "\x15\x03" in text or "\x16\x03" in text
 
 
-def _is_ip(host: str) -> bool:
-    import ipaddress
-
+def is_ip(host: str) -> bool:
+    """Whether ``host`` is an IP address (no SNI for it), not a name."""
     try:
         ipaddress.ip_address(host)
     except ValueError:

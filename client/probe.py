@@ -15,19 +15,29 @@ import asyncio
 import base64
 import contextlib
 import ssl
-from urllib.parse import unquote, urlsplit
+from urllib.parse import SplitResult, unquote, urlsplit
 
 from wstun.common import __version__
 from wstun.common.errors import HandshakeError
 from wstun.common.protocol import CHECK_HEADER, probe_url
 
-__all__ = ["MAX_ANSWER", "ProbeAnswer", "probe"]
+__all__ = ["MAX_ANSWER", "ProbeAnswer", "connect_request", "probe"]
 
 #: Bytes of the answer read at most (a status line, headers and a short body).
 MAX_ANSWER = 16 * 1024
 
 #: (status, reason), reason being the body's first line or the status phrase.
 ProbeAnswer = tuple[int, str]
+
+
+def connect_request(authority: str, proxy: SplitResult) -> bytes:
+    """``CONNECT authority`` for an HTTP proxy, with the proxy URL's user info (if any)
+    as Basic credentials."""
+    lines = [f"CONNECT {authority} HTTP/1.1", f"Host: {authority}"]
+    if proxy.username is not None:
+        secret = f"{unquote(proxy.username)}:{unquote(proxy.password or '')}".encode()
+        lines.append(f"Proxy-Authorization: Basic {base64.b64encode(secret).decode()}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 
 async def _open(
@@ -43,11 +53,7 @@ async def _open(
         parts.hostname, parts.port or (443 if proxy_tls else 80), ssl=proxy_tls
     )
     authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    lines = [f"CONNECT {authority} HTTP/1.1", f"Host: {authority}"]
-    if parts.username is not None:
-        secret = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
-        lines.append(f"Proxy-Authorization: Basic {base64.b64encode(secret).decode()}")
-    writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+    writer.write(connect_request(authority, parts))
     head = await reader.readuntil(b"\r\n\r\n")
     status = head.split(b" ", 2)[1:2]
     if status != [b"200"]:
