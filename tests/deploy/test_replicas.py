@@ -189,6 +189,16 @@ class Replicas:
             by_replica[replica].append(app)
         return by_replica
 
+    async def half_way(
+        self, count: int, half: int
+    ) -> tuple[list[App], dict[int, bytes], dict[int, list[App]]]:
+        """``count`` tunnels, each with the first ``half`` of its ``2 * half`` random bytes
+        moved both ways: the apps, their payloads by tag, and which replica has which."""
+        apps = [await self.open() for _ in range(count)]
+        payloads = {app.tag: os.urandom(2 * half) for app in apps}
+        await asyncio.gather(*(app.exchange(payloads[app.tag][:half]) for app in apps))
+        return apps, payloads, self.spread(apps)
+
     def close_all(self) -> None:
         for app in self.apps:
             app.close()
@@ -238,10 +248,7 @@ async def test_killed_replica_resets_its_tunnels_and_new_ones_go_on(replicas: Re
     tunnels finish byte-exact (2 MiB each way), and each new tunnel gets through,
     nginx moving on from the refused replica; a relayed tunnel is never retried."""
     half = 1 << 20
-    apps = [await replicas.open() for _ in range(9)]
-    payloads = {app.tag: os.urandom(2 * half) for app in apps}
-    await asyncio.gather(*(app.exchange(payloads[app.tag][:half]) for app in apps))
-    spread = replicas.spread(apps)
+    apps, payloads, spread = await replicas.half_way(9, half)
     assert [len(spread[replica]) for replica in range(3)] == [3, 3, 3]
 
     killed, dead = replicas.servers[0], replicas.address(0)
@@ -301,10 +308,7 @@ async def test_draining_replica_finishes_its_tunnels_new_ones_go_elsewhere(
     within the grace; new tunnels reach the others, nginx retrying the draining
     replica's 503s so that no client ever sees one; it exits 0 when done."""
     half = 1 << 20
-    apps = [await replicas.open() for _ in range(9)]
-    payloads = {app.tag: os.urandom(2 * half) for app in apps}
-    await asyncio.gather(*(app.exchange(payloads[app.tag][:half]) for app in apps))
-    spread = replicas.spread(apps)
+    apps, payloads, spread = await replicas.half_way(9, half)
     assert [len(spread[replica]) for replica in range(3)] == [3, 3, 3]
 
     draining = replicas.servers[1]
