@@ -48,7 +48,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.connection import Connection
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed, InvalidMessage
-from websockets.frames import Frame
+from websockets.frames import Frame, Opcode
 from websockets.http11 import MAX_NUM_HEADERS, Request, Response
 from websockets.protocol import CONNECTING, Event, Protocol, Side, State
 from websockets.proxy import get_proxy
@@ -109,8 +109,9 @@ class TunnelConnection(Connection):
     - Liveness: every byte received is timestamped, so any frame counts as
       proof of life (``last_received``, ``wait_received``).
     - The chunk reader, installed before any byte arrives.
-    - ``frame_sink``: WebSocketStream's hook that takes a binary message as
-      its frame is parsed, while its read() waits with nothing queued.
+    - ``payload_sink``: WebSocketStream's hook that takes the payload of a
+      single-frame binary message as it is parsed, while its read() waits
+      with nothing queued.
 
     A base placed before websockets' ServerConnection/ClientConnection, so
     its overrides wrap theirs.
@@ -121,7 +122,7 @@ class TunnelConnection(Connection):
         install_chunk_reader(self.protocol)
         self.last_received = self.loop.time()
         self._rx_waiter: asyncio.Future[None] | None = None
-        self.frame_sink: Callable[[Frame], bool] | None = None
+        self.payload_sink: Callable[[bytes], bool] | None = None
 
     def data_received(self, data: bytes) -> None:
         self.last_received = self.loop.time()
@@ -131,8 +132,15 @@ class TunnelConnection(Connection):
         super().data_received(data)
 
     def process_event(self, event: Event) -> None:
-        sink = self.frame_sink
-        if sink is not None and isinstance(event, Frame) and sink(event):
+        sink = self.payload_sink
+        if (
+            sink is not None
+            and isinstance(event, Frame)
+            and event.opcode is Opcode.BINARY
+            and event.fin
+            and event.data
+            and sink(bytes(event.data))
+        ):
             return
         super().process_event(event)
 

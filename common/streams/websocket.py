@@ -15,7 +15,6 @@ from typing import Any
 
 from websockets.asyncio.connection import Connection
 from websockets.exceptions import ConnectionClosed
-from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 
 from wstun.common.errors import StreamBroken, StreamClosed
@@ -217,25 +216,22 @@ class WebSocketStream(ByteStream):
 
     def set_sink(self, sink: ChunkSink | None) -> None:
         if sink is None:
-            self._ws.frame_sink = None
+            self._ws.payload_sink = None
             return
 
-        def take(frame: Frame) -> bool:
-            # Only a whole, non-empty binary message that read() would return
-            # next: nothing pending or queued before it, read() waiting.
+        def take(chunk: bytes) -> bool:
+            # Only the message read() would return next: nothing pending or
+            # queued before it, read() waiting.
             if (
-                frame.opcode is not Opcode.BINARY
-                or not frame.fin
-                or not frame.data
-                or self._pending
+                self._pending
                 or self._eof_rcvd
                 or self._state is StreamState.CLOSED
                 or not recv_waits_on_nothing(self._ws)
             ):
                 return False
-            return sink(bytes(frame.data))
+            return sink(chunk)
 
-        self._ws.frame_sink = take
+        self._ws.payload_sink = take
 
     async def _drain(self) -> None:
         """Wait for the transport to drain; a lost connection is StreamBroken."""
