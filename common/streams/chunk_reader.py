@@ -36,6 +36,10 @@ class ChunkReader(StreamReader):
         #: Whole lines handed out (the handshake's), to tell a request line
         #: that is too long from a header line.
         self.lines_read = 0
+        #: True while a parser waits in :meth:`at_eof` with nothing unread:
+        #: websockets' frame parser asks it before each frame, so then the
+        #: next byte received starts a frame.
+        self.at_boundary = False
 
     def _merge(self) -> bytes:
         """The unread bytes in one chunk, from ``_offset`` on (handshake only: it copies)."""
@@ -120,9 +124,12 @@ class ChunkReader(StreamReader):
     def at_eof(self) -> Generator[None, None, bool]:
         while True:
             if self._size:
+                self.at_boundary = False
                 return False
             if self.eof:
+                self.at_boundary = False
                 return True
+            self.at_boundary = True
             yield
 
     def feed_data(self, data: bytes | bytearray) -> None:

@@ -13,6 +13,11 @@ used anywhere. These are not promised and may move in any release:
   and ``process_event()``, wrapped to stamp arrivals and feed the relay's
   sink; the assembler ``Connection.recv_messages`` and its ``paused``,
   ``get_in_progress`` and ``frames``.
+- reading whole binary frames without the parser (:class:`TunnelConnection`):
+  that ``Protocol.parse()`` asks ``reader.at_eof()`` before each frame (and
+  ``discard()`` does, once ``Protocol.parser`` is replaced when closing);
+  ``Protocol.parser``, ``current_size``, ``max_message_size``,
+  ``max_fragment_size`` and ``debug``.
 - writing (:func:`write_frame_now`): ``Connection.transport``, ``paused``,
   ``drain()``, ``send_in_progress``;
   ``Protocol.writes``, ``expect_continuation_frame``, ``extensions``;
@@ -62,6 +67,7 @@ except ImportError:  # pragma: no cover - websockets built without its C extensi
     from websockets.utils import apply_mask
 
 from wstun.common.streams.chunk_reader import ChunkReader
+from wstun.common.streams.frames import take_binary_frames
 
 __all__ = [
     "TLS_RECORD_START",
@@ -112,6 +118,12 @@ class TunnelConnection(Connection):
     - ``payload_sink``: WebSocketStream's hook that takes the payload of a
       single-frame binary message as it is parsed, while its read() waits
       with nothing queued.
+    - While the hook is set and websockets' parser waits at a frame boundary
+      (the chunk reader says so), the whole binary frames at the start of a
+      received chunk are read by :func:`take_binary_frames` and go to the
+      hook directly; websockets parses whatever is left, as before. Only
+      while the connection is open, no fragmented message is being received,
+      no extension is in use and websockets doesn't log frames.
 
     A base placed before websockets' ServerConnection/ClientConnection, so
     its overrides wrap theirs.
@@ -123,13 +135,43 @@ class TunnelConnection(Connection):
         self.last_received = self.loop.time()
         self._rx_waiter: asyncio.Future[None] | None = None
         self.payload_sink: Callable[[bytes], bool] | None = None
+        protocol = self.protocol
+        # The frame parser the fast path stands in for, while it is the one
+        # running (websockets swaps it for discard() once closing).
+        self._frame_parser = protocol.parser if isinstance(protocol.reader, ChunkReader) else None
+        self._unmask = apply_mask if protocol.side is Side.SERVER else None
+        limits = [n for n in (protocol.max_message_size, protocol.max_fragment_size) if n]
+        self._fast_max_size = min(limits, default=1 << 63)
 
     def data_received(self, data: bytes) -> None:
         self.last_received = self.loop.time()
         waiter = self._rx_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+        sink = self.payload_sink
+        if sink is not None and self._at_frame_boundary():
+            taken = take_binary_frames(
+                data, unmask=self._unmask, max_size=self._fast_max_size, sink=sink
+            )
+            if taken == len(data):
+                return
+            data = data[taken:]
         super().data_received(data)
+
+    def _at_frame_boundary(self) -> bool:
+        """websockets' frame parser waits for the first byte of a frame, and
+        would hand a binary frame to process_event unchanged."""
+        protocol = self.protocol
+        reader = protocol.reader
+        return (
+            protocol.parser is self._frame_parser
+            and isinstance(reader, ChunkReader)
+            and reader.at_boundary
+            and protocol.state is State.OPEN
+            and protocol.current_size is None
+            and not protocol.extensions
+            and not protocol.debug
+        )
 
     def process_event(self, event: Event) -> None:
         sink = self.payload_sink
@@ -413,6 +455,8 @@ _EXPECTED = (
     *(f"connection.{name}" for name in ("recv_messages", "transport", "paused", "drain")),
     *(f"connection.{name}" for name in ("connection_lost_waiter", "data_received")),
     "connection.process_event",
+    *(f"protocol.{name}" for name in ("state", "current_size", "debug", "side")),
+    *(f"protocol.{name}" for name in ("max_message_size", "max_fragment_size")),
     "connection.send_in_progress",
     *(f"connection.recv_messages.{name}" for name in ("paused", "get_in_progress", "frames")),
     *(f"reader.{name}" for name in ("read_line", "read_exact", "read_to_eof", "at_eof")),

@@ -33,6 +33,9 @@ PRIVATE_NAMES = frozenset(
         "handshake_exc",
         "process_event",
         "get_in_progress",
+        "current_size",
+        "max_message_size",
+        "max_fragment_size",
     }
 )
 
@@ -45,6 +48,8 @@ ALLOWED = {"common/streams/internals.py", "common/streams/chunk_reader.py"}
 #: Our own objects with attributes of the same names (not websockets').
 OWN = {
     ("common/runtime.py", "drain"),  # Service.drain: a TunnelClient's or TunnelServer's
+    ("server/app.py", "max_message_size"),  # ServerConfig's
+    ("server/config.py", "max_message_size"),
 }
 
 
