@@ -535,10 +535,10 @@ def encode_control(message: Control) -> str:
         if message.retry_after is not None:
             data["retry_after"] = round(message.retry_after, 3)
     else:
+        # Flat dataclasses of str, int and float: their fields as they are
+        # (dataclasses.asdict() deep-copies, a cost on every in-band open).
         data = {"type": type(message).__name__.lower()}
-        data.update(
-            (key, value) for key, value in dataclasses.asdict(message).items() if value is not None
-        )
+        data.update((key, value) for key, value in vars(message).items() if value is not None)
     return json.dumps(data, separators=(",", ":"))
 
 
