@@ -45,7 +45,7 @@ from wstun.common.protocol import (
     parse_answer,
 )
 from wstun.common.streams import ByteStream, TunnelClientConnection, WebSocketStream
-from wstun.common.streams.internals import close_or_drop, lost_waiter
+from wstun.common.streams.internals import close_or_drop, lost_waiter, send_message
 from wstun.common.streams.keepalive import Keepalive, keepalive_for
 
 __all__ = ["PooledDialer"]
@@ -171,9 +171,9 @@ class PooledDialer:
         connection = channel.connection
         timeout = self.dialer.config.connect_timeout
         try:
-            await connection.send(encode_control(Open(str(target))))
+            await send_message(connection, encode_control(Open(str(target))))
             if ahead.data:
-                await connection.send(ahead.data)
+                await send_message(connection, ahead.data)
             async with asyncio.timeout(timeout):
                 answer = await ahead.while_waiting(connection)
         except ConnectionClosed:

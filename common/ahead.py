@@ -16,6 +16,7 @@ from websockets.asyncio.connection import Connection
 from websockets.typing import Data
 
 from wstun.common.streams import ByteStream
+from wstun.common.streams.internals import send_message
 
 __all__ = ["Ahead"]
 
@@ -44,7 +45,7 @@ class Ahead:
             if not reading.cancelled() and reading.exception() is None and reading.result():
                 # After a refusal too: the far side drops it; after opened it is payload.
                 self.data = reading.result()
-                await connection.send(self.data)
+                await send_message(connection, self.data)
             return await answer
         finally:
             for task in (answer, reading):

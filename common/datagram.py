@@ -29,6 +29,7 @@ from websockets.asyncio.connection import Connection
 from websockets.exceptions import ConnectionClosed
 
 from wstun.common.protocol import CLEAN_CLOSE_CODES, CloseCode
+from wstun.common.streams.internals import send_message
 
 __all__ = [
     "DEFAULT_QUEUE_BYTES",
@@ -256,7 +257,7 @@ class DatagramFlow:
             while self._queue:
                 data = self._queue.popleft()
                 self._queued_bytes -= len(data)
-                await self.connection.send(data)
+                await send_message(self.connection, data)
                 self._sent(data)
             self._ready.clear()
 

@@ -32,6 +32,7 @@ from wstun.common.protocol import (
     parse_control,
 )
 from wstun.common.streams import TcpStream, WebSocketStream
+from wstun.common.streams.internals import send_message
 from wstun.common.streams.keepalive import keepalive_for
 from wstun.server.connection import HandshakeConnection
 
@@ -147,10 +148,11 @@ class ServerChannel:
         try:
             if isinstance(dialled, HandshakeRejection):
                 self._refuse(self.connection, dialled)
-                await self.connection.send(encode_control(Refused(dialled.status, dialled.reason)))
+                refused = Refused(dialled.status, dialled.reason)
+                await send_message(self.connection, encode_control(refused))
                 self.state = ChannelState.REFUSED
                 return None
-            await self.connection.send(encode_control(Opened()))
+            await send_message(self.connection, encode_control(Opened()))
         except ConnectionClosed:
             if not isinstance(dialled, HandshakeRejection):
                 await dialled.abort("client went away")

@@ -70,6 +70,7 @@ from wstun.common.streams import (
     WebSocketStream,
     tcp_protocol_factory,
 )
+from wstun.common.streams.internals import send_message
 from wstun.common.streams.keepalive import Keepalive, keepalive_for
 from wstun.server.addresses import parse_ip
 from wstun.server.connection import HandshakeConnection
@@ -479,9 +480,9 @@ class DataChannel:
         lease = self.lease
         service, connection = lease.service, self.connection
         try:
-            await connection.send(encode_control(Open(peer=inbound.peer)))
+            await send_message(connection, encode_control(Open(peer=inbound.peer)))
             for data in datagrams:
-                await connection.send(data)
+                await send_message(connection, data)
             async with asyncio.timeout(service.connect_timeout):
                 answer = await wait()
         except ConnectionClosed:

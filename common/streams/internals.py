@@ -89,6 +89,7 @@ __all__ = [
     "recv_waits_on_nothing",
     "request_line",
     "route_answers",
+    "send_message",
     "transport_closing",
     "write_frame_now",
     "write_paused",
@@ -248,17 +249,23 @@ _HEADER_16 = struct.Struct("!BBH")
 _HEADER_64 = struct.Struct("!BBQ")
 
 
-def _frame_header(length: int, mask_bit: int) -> bytes:
-    """FIN + binary opcode, the mask bit and the payload length (RFC 6455 5.2)."""
+def _frame_header(first: int, length: int, mask_bit: int) -> bytes:
+    """FIN and opcode (``first``), the mask bit and the payload length (RFC 6455 5.2)."""
     if length < 126:
-        return _HEADER_SHORT.pack(0x82, mask_bit | length)
+        return _HEADER_SHORT.pack(first, mask_bit | length)
     if length < 65536:
-        return _HEADER_16.pack(0x82, mask_bit | 126, length)
-    return _HEADER_64.pack(0x82, mask_bit | 127, length)
+        return _HEADER_16.pack(first, mask_bit | 126, length)
+    return _HEADER_64.pack(first, mask_bit | 127, length)
 
 
-def write_frame_now(connection: Connection, data: bytes) -> bool:
-    """Write ``data`` as one binary frame straight to the transport, if allowed now.
+# FIN plus the opcode of a binary and of a text frame.
+_FIN_BINARY = 0x82
+_FIN_TEXT = 0x81
+
+
+def write_frame_now(connection: Connection, data: bytes | str) -> bool:
+    """Write ``data`` as one frame (binary, or text for a str) straight to the
+    transport, if allowed now.
 
     Allowed when websockets itself would only serialize the frame and write
     it: the connection is open, nothing of its own waits to be written (so
@@ -276,14 +283,27 @@ def write_frame_now(connection: Connection, data: bytes) -> bool:
         or connection.send_in_progress is not None
     ):
         return False
+    first = _FIN_BINARY
+    if isinstance(data, str):
+        first, data = _FIN_TEXT, data.encode()
     if protocol.side is Side.CLIENT:
         mask = secrets.token_bytes(4)
         connection.transport.writelines(
-            (_frame_header(len(data), 0x80), mask, apply_mask(data, mask))
+            (_frame_header(first, len(data), 0x80), mask, apply_mask(data, mask))
         )
     else:
-        connection.transport.writelines((_frame_header(len(data), 0), data))
+        connection.transport.writelines((_frame_header(first, len(data), 0), data))
     return True
+
+
+async def send_message(connection: Connection, message: bytes | str) -> None:
+    """Send one message as ``send()`` would, but straight to the transport
+    (:func:`write_frame_now`) when nothing stands in the way: the transport
+    takes more, and websockets has nothing of its own to write first.
+    Raises ConnectionClosed as ``send()`` does."""
+    if not connection.paused and write_frame_now(connection, message):
+        return
+    await connection.send(message)
 
 
 def write_paused(connection: Connection) -> bool:

@@ -28,6 +28,7 @@ from wstun.common.streams.internals import (
     drop,
     lost_waiter,
     recv_waits_on_nothing,
+    send_message,
     transport_closing,
     write_frame_now,
     write_paused,
@@ -253,7 +254,7 @@ class WebSocketStream(ByteStream):
             await self._ws.close(CloseCode.NORMAL)
             return
         try:
-            await self._ws.send(EOF_MARKER)
+            await send_message(self._ws, EOF_MARKER)
         except ConnectionClosed as exc:
             raise self._broken(exc) from exc
 
