@@ -55,6 +55,9 @@ logger = logging.getLogger("wstun.client")
 #: Seconds between two tries to refill after a refill failed.
 _REFILL_BACKOFF = 5.0
 
+#: Most idle WebSockets the pool takes back, however many tunnels were open at once.
+_KEEP_CEILING = 64
+
 
 class _Lost(Exception):
     """An idle WebSocket turned out to be gone when a tunnel took it."""
@@ -73,6 +76,8 @@ class _Channel:
     born: float
     #: While idle: the task that notices the server closing it, and the idle limit.
     watcher: asyncio.Task[None] | None = None
+    #: Carrying a tunnel.
+    busy: bool = False
 
 
 class PooledDialer:
@@ -98,6 +103,10 @@ class PooledDialer:
         self._closed = False
         # Closing handshakes under way in the background.
         self._closing: set[asyncio.Task[None]] = set()
+        #: WebSockets carrying a tunnel now, and the most at once since an idle
+        #: one last reached the idle limit (how many the pool takes back).
+        self.busy = 0
+        self.peak = 0
 
     async def probe(self) -> str:
         """The server check of the dialer underneath (it opens no tunnel)."""
@@ -147,7 +156,9 @@ class PooledDialer:
             self.server_v2 = False
             return self.dialer.stream(connection)
         self.server_v2 = True
-        return self._stream(self._channel(connection))
+        channel = self._channel(connection)
+        self._carry(channel)
+        return self._stream(channel)
 
     def _channel(self, connection: TunnelClientConnection) -> _Channel:
         config = self.dialer.config
@@ -193,9 +204,20 @@ class PooledDialer:
             if control.status == Failure.UNAVAILABLE.value:
                 raise _Unavailable(f"{control.status} {control.reason}")
             raise HandshakeError(control.status, control.reason)
+        self._carry(channel)
         stream = self._stream(channel)
         stream.sent_ahead = len(ahead.data)
         return stream
+
+    def _carry(self, channel: _Channel) -> None:
+        channel.busy = True
+        self.busy += 1
+        self.peak = max(self.peak, self.busy)
+
+    def _done(self, channel: _Channel) -> None:
+        if channel.busy:
+            channel.busy = False
+            self.busy -= 1
 
     # The idle WebSockets.
 
@@ -220,14 +242,15 @@ class PooledDialer:
     def _release(self, channel: _Channel) -> None:
         """A WebSocket is free again: idle in the pool, or closed when not wanted.
 
-        The pool refills to ``size`` idle WebSockets but takes back up to twice
-        that: a tunnel's WebSocket coming back just after the refill replaced it
-        is kept, not closed (which would cost an upgrade per tunnel); the extra
-        ones go after the idle limit.
+        The pool refills to ``size`` idle WebSockets but takes back more
+        (:meth:`_keep`): a tunnel's WebSocket coming back just after the refill
+        replaced it is kept, not closed (which would cost an upgrade per
+        tunnel); the extra ones go after the idle limit.
         """
+        self._done(channel)
         if (
             self._closed
-            or len(self._idle) >= 2 * self.size
+            or len(self._idle) >= self._keep()
             or time.monotonic() - channel.born >= self.lifetime
             or channel.connection.state is not State.OPEN
         ):
@@ -235,6 +258,16 @@ class PooledDialer:
             return
         channel.watcher = asyncio.get_running_loop().create_task(self._watch(channel))
         self._idle.append(channel)
+
+    def _keep(self) -> int:
+        """How many idle WebSockets the pool takes back: ``2 * size``, or enough
+        for as many tunnels at once as lately plus ``size`` (at most 64), so
+        that steady traffic of many short connections never waits for an
+        upgrade. "Lately" ends when an idle one reaches the idle limit."""
+        if self.size <= 0:
+            return 0
+        wanted = min(self.peak + self.size, _KEEP_CEILING) - self.busy
+        return max(2 * self.size, wanted)
 
     async def _watch(self, channel: _Channel) -> None:
         """While idle: the server may only close it; after the idle limit, we do."""
@@ -244,6 +277,7 @@ class PooledDialer:
                 message = await connection.recv()
         except TimeoutError:
             self._drop_idle(channel)
+            self.peak = self.busy  # no tunnel wanted it for the idle limit: demand fell
             await self._close(channel, CloseCode.NORMAL, "idle")
             return
         except ConnectionClosed as closed:
@@ -298,6 +332,7 @@ class PooledDialer:
 
     def _forget(self, channel: _Channel) -> None:
         """A channel that is closed or closing: its keepalive stops."""
+        self._done(channel)
         if channel.keepalive is not None:
             channel.keepalive.stop()
 

@@ -76,6 +76,31 @@ async def test_the_pool_fills_and_later_tunnels_need_no_upgrade(wstun: Wstun, ta
     await client.wait_for(r"tunnel closed id=c\d+ .*end=eof", count=5)
 
 
+async def test_steady_concurrent_connections_stop_needing_upgrades(wstun: Wstun, target) -> None:
+    """Rounds of 6 connections at once on a pool of 1: after the first round, the
+    WebSockets that come back are kept for the next (6 at once lately, so 7), and
+    the later rounds open no new ones, where keeping only twice the pool's size
+    would upgrade for 4 of every 6."""
+    port = await target(echo_target())
+    server, client, local = await wstun.tunnel(port, client_args=("-v", "--pool", "1"))
+    await echo_once(local)
+    await client.wait_for(READY)
+    done = 1
+    for _ in range(5):
+        await asyncio.gather(*(echo_once(local, b"round %d" % i) for i in range(6)))
+        done += 6
+        # Each tunnel's WebSocket is back in the pool before its line is logged.
+        await client.wait_for(r"tunnel closed id=c\d+ .*end=eof", count=done)
+    lines = await server_lines(server, done)
+    assert all(end == "eof" for _, _, end in lines)
+    first_round = {ws for ws, _, _ in lines[:7]}
+    new_later = {ws for ws, _, _ in lines[7:]} - first_round
+    # Only a few: the pool's refills during round one, which carried no tunnel
+    # then. Taking back no more than twice the pool's size, it is about 20.
+    assert len(new_later) <= 5, (len(first_round), len(new_later))
+    assert len(first_round | new_later) <= 12
+
+
 async def test_a_tunnel_that_failed_never_gives_its_websocket_back(wstun: Wstun, target) -> None:
     """A tunnel cut by a reset closes its WebSocket; no later tunnel rides it."""
     echo_port = await target(echo_target())
