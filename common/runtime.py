@@ -47,6 +47,12 @@ class RedactSecrets(logging.Filter):
 
 def configure_logging(level: str, *, stream: Any = None) -> None:
     """Log to stderr at ``level``; websockets' own chatter only from WARNING up."""
+    # What LOG_FORMAT never shows is not gathered for every record (the
+    # logging documentation's "Optimization"): each tunnel logs a line.
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
+    logging._srcfile = None  # no findCaller(): file and line are not shown
     logging.basicConfig(
         level=level.upper(), format=LOG_FORMAT, stream=stream or sys.stderr, force=True
     )
