@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import dataclasses
 import logging
 import time
@@ -45,7 +44,12 @@ from wstun.common.protocol import (
     parse_answer,
 )
 from wstun.common.streams import ByteStream, TunnelClientConnection, WebSocketStream
-from wstun.common.streams.internals import close_or_drop, lost_waiter, send_message
+from wstun.common.streams.internals import (
+    close_exception,
+    close_or_drop,
+    lost_waiter,
+    send_message,
+)
 from wstun.common.streams.keepalive import Keepalive, keepalive_for
 
 __all__ = ["PooledDialer"]
@@ -74,8 +78,8 @@ class _Channel:
     connection: TunnelClientConnection
     keepalive: Keepalive | None
     born: float
-    #: While idle: the task that notices the server closing it, and the idle limit.
-    watcher: asyncio.Task[None] | None = None
+    #: While idle: when the idle limit closes it.
+    idle_timer: asyncio.TimerHandle | None = None
     #: Carrying a tunnel.
     busy: bool = False
 
@@ -123,7 +127,7 @@ class PooledDialer:
         """
         ahead = Ahead(early, self.dialer.config.read_size)
         while self._idle:
-            channel = await self._take()
+            channel = self._take()
             if channel is None:
                 continue  # cut while it waited: the next one, or a fresh WebSocket
             logger.debug("pool: open %s on a warm WebSocket", target)
@@ -164,7 +168,7 @@ class PooledDialer:
         config = self.dialer.config
         keepalive = keepalive_for(connection, config.ping_interval, config.ping_timeout)
         channel = _Channel(connection, keepalive, time.monotonic())
-        lost_waiter(connection).add_done_callback(lambda _: self._forget(channel))
+        lost_waiter(connection).add_done_callback(lambda _: self._lost(channel))
         return channel
 
     def _stream(self, channel: _Channel) -> WebSocketStream:
@@ -221,16 +225,10 @@ class PooledDialer:
 
     # The idle WebSockets.
 
-    async def _take(self) -> _Channel | None:
-        """The oldest idle WebSocket, its watcher stopped; None if it turned out gone."""
+    def _take(self) -> _Channel | None:
+        """The oldest idle WebSocket, no longer watched; None if it turned out gone."""
         channel = self._idle.popleft()
-        watcher, channel.watcher = channel.watcher, None
-        if watcher is not None:
-            # Its recv() must be over before a tunnel's starts (cancelling recv loses nothing).
-            watcher.cancel()
-            await asyncio.gather(watcher, return_exceptions=True)
-            if not watcher.cancelled():
-                return None  # it ended by itself: closed by the server, or broke the rules
+        self._unwatch(channel)
         if channel.connection.state is not State.OPEN:
             self._forget(channel)
             return None
@@ -256,7 +254,7 @@ class PooledDialer:
         ):
             self._close_soon(channel, CloseCode.NORMAL, "not needed")
             return
-        channel.watcher = asyncio.get_running_loop().create_task(self._watch(channel))
+        self._watch(channel)
         self._idle.append(channel)
 
     def _keep(self) -> int:
@@ -269,35 +267,49 @@ class PooledDialer:
         wanted = min(self.peak + self.size, _KEEP_CEILING) - self.busy
         return max(2 * self.size, wanted)
 
-    async def _watch(self, channel: _Channel) -> None:
-        """While idle: the server may only close it; after the idle limit, we do."""
-        connection = channel.connection
+    def _watch(self, channel: _Channel) -> None:
+        """While idle the server may only close it (:meth:`_lost`); after the idle
+        limit, we do; a message from the server breaks the protocol."""
+        loop = asyncio.get_running_loop()
+        channel.idle_timer = loop.call_later(self.idle_limit, self._idle_over, channel)
+        channel.connection.idle_hook = lambda kind: self._spoke_while_idle(channel, kind)
+
+    def _unwatch(self, channel: _Channel) -> None:
+        if channel.idle_timer is not None:
+            channel.idle_timer.cancel()
+            channel.idle_timer = None
+        channel.connection.idle_hook = None
+
+    def _drop_idle(self, channel: _Channel) -> bool:
+        """Take ``channel`` out of the idle ones; False if it wasn't there."""
+        self._unwatch(channel)
         try:
-            async with asyncio.timeout(self.idle_limit):
-                message = await connection.recv()
-        except TimeoutError:
-            self._drop_idle(channel)
+            self._idle.remove(channel)
+        except ValueError:
+            return False
+        return True
+
+    def _idle_over(self, channel: _Channel) -> None:
+        if self._drop_idle(channel):
             self.peak = self.busy  # no tunnel wanted it for the idle limit: demand fell
-            await self._close(channel, CloseCode.NORMAL, "idle")
+            logger.debug("pool: a WebSocket was idle for %gs; closing it", self.idle_limit)
+            self._close_soon(channel, CloseCode.NORMAL, "idle")
+
+    def _spoke_while_idle(self, channel: _Channel, kind: str) -> None:
+        if not self._drop_idle(channel):
             return
-        except ConnectionClosed as closed:
-            # The server's drain, a proxy's idle timeout, a dead peer: open another.
-            self._drop_idle(channel)
-            self._forget(channel)
-            logger.debug("pool: an idle WebSocket was closed (%s); replacing it", _why(closed))
-            self.refill()
-            return
-        # Anything from the server while idle breaks the protocol.
-        self._drop_idle(channel)
-        kind = "payload" if isinstance(message, bytes) else "a control message"
         logger.warning("pool: the server sent %s on an idle WebSocket; closing it", kind)
-        await self._close(channel, CloseCode.PROTOCOL_ERROR, f"{kind} while idle")
+        self._close_soon(channel, CloseCode.PROTOCOL_ERROR, f"{kind} while idle")
         self.refill()
 
-    def _drop_idle(self, channel: _Channel) -> None:
-        with contextlib.suppress(ValueError):
-            self._idle.remove(channel)
-        channel.watcher = None
+    def _lost(self, channel: _Channel) -> None:
+        """The TCP connection is gone; if it was idle (the server's drain, a proxy's
+        idle timeout, a dead peer), another is opened."""
+        self._forget(channel)
+        if self._drop_idle(channel):
+            why = _why(close_exception(channel.connection))
+            logger.debug("pool: an idle WebSocket was closed (%s); replacing it", why)
+            self.refill()
 
     def refill(self) -> None:
         """Open idle WebSockets, in the background, up to the pool's size."""
@@ -351,7 +363,7 @@ class PooledDialer:
         if self._refilling is not None:
             self._refilling.cancel()
             await asyncio.gather(self._refilling, return_exceptions=True)
-        idle = [await self._take() for _ in range(len(self._idle))]
+        idle = [self._take() for _ in range(len(self._idle))]
         await asyncio.gather(
             *(
                 self._close(channel, CloseCode.GOING_AWAY, reason)

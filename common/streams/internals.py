@@ -110,6 +110,9 @@ def install_chunk_reader(protocol: Protocol) -> None:
         next(protocol.parser)
 
 
+_DATA_OPCODES = frozenset({Opcode.TEXT, Opcode.BINARY, Opcode.CONT})
+
+
 class TunnelConnection(Connection):
     """What wstun adds to websockets' connections, on both sides.
 
@@ -119,6 +122,9 @@ class TunnelConnection(Connection):
     - ``payload_sink``: WebSocketStream's hook that takes the payload of a
       single-frame binary message as it is parsed, while its read() waits
       with nothing queued.
+    - ``idle_hook``: while a reusable WebSocket waits for its next tunnel, no
+      message may come; any data frame is dropped and the hook told
+      ("payload" or "a control message"), with no task waiting in recv().
     - While the hook is set and websockets' parser waits at a frame boundary
       (the chunk reader says so), the whole binary frames at the start of a
       received chunk are read by :func:`take_binary_frames` and go to the
@@ -136,6 +142,7 @@ class TunnelConnection(Connection):
         self.last_received = self.loop.time()
         self._rx_waiter: asyncio.Future[None] | None = None
         self.payload_sink: Callable[[bytes], bool] | None = None
+        self.idle_hook: Callable[[str], None] | None = None
         protocol = self.protocol
         # The frame parser the fast path stands in for, while it is the one
         # running (websockets swaps it for discard() once closing).
@@ -175,6 +182,10 @@ class TunnelConnection(Connection):
         )
 
     def process_event(self, event: Event) -> None:
+        idle = self.idle_hook
+        if idle is not None and isinstance(event, Frame) and event.opcode in _DATA_OPCODES:
+            idle("a control message" if event.opcode is Opcode.TEXT else "payload")
+            return
         sink = self.payload_sink
         if (
             sink is not None

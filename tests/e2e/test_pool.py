@@ -101,6 +101,24 @@ async def test_steady_concurrent_connections_stop_needing_upgrades(wstun: Wstun,
     assert len(first_round | new_later) <= 12
 
 
+async def test_idle_websockets_close_after_the_idle_limit(wstun: Wstun, target) -> None:
+    """--pool-idle: a warm WebSocket no connection took is closed, and not replaced
+    until a connection comes; that one still works, and the pool fills again."""
+    port = await target(echo_target())
+    server, client, local = await wstun.tunnel(
+        port, client_args=("-v", "--pool", "1", "--pool-idle", "0.5")
+    )
+    await echo_once(local)
+    await client.wait_for(READY)
+    # Two: the first tunnel's WebSocket, kept, and the refill's.
+    await client.wait_for(r"pool: a WebSocket was idle for 0\.5s; closing it", count=2)
+    assert not client.matches(r"replacing it")
+    await echo_once(local, b"after the idle limit")
+    await client.wait_for(READY, count=2)
+    lines = await server_lines(server, 2)
+    assert [end for _, _, end in lines] == ["eof", "eof"]
+
+
 async def test_a_tunnel_that_failed_never_gives_its_websocket_back(wstun: Wstun, target) -> None:
     """A tunnel cut by a reset closes its WebSocket; no later tunnel rides it."""
     echo_port = await target(echo_target())
