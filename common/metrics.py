@@ -132,17 +132,32 @@ class TunnelMetrics:
         for direction in ("up", "down"):
             self.datagrams.labels("udp", direction)
             self.dropped.labels("udp", direction)
+        # A TCP tunnel's series, looked up once rather than by label on every
+        # tunnel: (opened, active, ended by end, up, down) for each kind.
+        self._tcp = {
+            kind: (
+                self.opened.labels(kind, "tcp"),
+                self.active.labels(kind, "tcp"),
+                {end: self.ended.labels(kind, "tcp", end) for end in ends["tcp"]},
+                self.payload.labels(kind, "tcp", "up"),
+                self.payload.labels(kind, "tcp", "down"),
+            )
+            for kind in KINDS
+        }
 
     def tunnel_opened(self, report: TunnelReport) -> None:
-        self.opened.labels(report.kind, "tcp").inc()
-        self.active.labels(report.kind, "tcp").inc()
+        opened, active, _, _, _ = self._tcp[report.kind]
+        opened.inc()
+        active.inc()
 
     def tunnel_ended(self, report: TunnelReport) -> None:
         """Count a finished tunnel: its end and its exact payload counts."""
-        self.active.labels(report.kind, "tcp").dec()
-        self.ended.labels(report.kind, "tcp", report.end.value).inc()
-        self.payload.labels(report.kind, "tcp", "up").inc(report.up)
-        self.payload.labels(report.kind, "tcp", "down").inc(report.down)
+        _, active, ended, up, down = self._tcp[report.kind]
+        active.dec()
+        end = report.end.value
+        (ended[end] if end in ended else self.ended.labels(report.kind, "tcp", end)).inc()
+        up.inc(report.up)
+        down.inc(report.down)
 
     def flow_opened(self, report: FlowReport) -> None:
         self.opened.labels(report.kind, "udp").inc()
