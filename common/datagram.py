@@ -29,7 +29,12 @@ from websockets.asyncio.connection import Connection
 from websockets.exceptions import ConnectionClosed
 
 from wstun.common.protocol import CLEAN_CLOSE_CODES, CloseCode
-from wstun.common.streams.internals import send_message
+from wstun.common.streams.internals import (
+    TunnelConnection,
+    recv_waits_on_nothing,
+    send_message,
+    write_now,
+)
 
 __all__ = [
     "DEFAULT_QUEUE_BYTES",
@@ -187,6 +192,8 @@ class DatagramFlow:
         self._stopping = asyncio.Event()
         self._stop_reason = "shutting down"
         self._stop_code: int = CloseCode.GOING_AWAY
+        # While run() carries the flow: datagrams may skip the queue and the pumps.
+        self._running = False
 
     def stop(self, reason: str, code: int = CloseCode.GOING_AWAY) -> None:
         """End the flow now from this side (``code``, 1001 by default, with ``reason``):
@@ -232,7 +239,8 @@ class DatagramFlow:
     # The local side.
 
     def from_local(self, data: bytes) -> None:
-        """A datagram from the local peer: queued for the WebSocket, or dropped."""
+        """A datagram from the local peer: on the WebSocket at once when nothing is
+        queued and the connection takes it, else queued for it, or dropped."""
         self._last = time.monotonic()
         if (
             len(self._queue) >= self._max_datagrams
@@ -240,6 +248,9 @@ class DatagramFlow:
             or self.done.is_set()
         ):
             self._drop_outbound()
+            return
+        if self._running and not self._queue and write_now(self.connection, data):
+            self._sent(data)
             return
         self._queue.append(data)
         self._queued_bytes += len(data)
@@ -260,6 +271,18 @@ class DatagramFlow:
                 await send_message(self.connection, data)
                 self._sent(data)
             self._ready.clear()
+
+    def _take_inbound(self, data: bytes) -> bool:
+        """The hook for a datagram as its frame is parsed, while ``_pump_in`` waits
+        with nothing queued before it: sent on at once, without waking the task."""
+        if not recv_waits_on_nothing(self.connection):
+            return False
+        self._last = time.monotonic()
+        if not self._send_local(data):
+            self._drop_inbound()
+        else:
+            self._received(data)
+        return True
 
     async def _pump_in(self) -> None:
         while True:
@@ -282,6 +305,10 @@ class DatagramFlow:
     async def run(self, log: logging.Logger) -> FlowReport:
         """Carry the flow until it ends; close the WebSocket; log its line."""
         report = self.report
+        connection = self.connection
+        if isinstance(connection, TunnelConnection):
+            connection.payload_sink = self._take_inbound
+        self._running = True
         tasks = [
             asyncio.ensure_future(self._pump_out()),
             asyncio.ensure_future(self._pump_in()),
@@ -326,6 +353,9 @@ class DatagramFlow:
             report.end, code, reason = FlowEnd.CLOSED, CloseCode.GOING_AWAY, "shutting down"
             raise
         finally:
+            self._running = False
+            if isinstance(connection, TunnelConnection):
+                connection.payload_sink = None
             self.done.set()
             for task in tasks:
                 task.cancel()

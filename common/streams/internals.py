@@ -92,6 +92,7 @@ __all__ = [
     "send_message",
     "transport_closing",
     "write_frame_now",
+    "write_now",
     "write_paused",
 ]
 
@@ -307,14 +308,18 @@ def write_frame_now(connection: Connection, data: bytes | str) -> bool:
     return True
 
 
+def write_now(connection: Connection, message: bytes | str) -> bool:
+    """:func:`write_frame_now` while the transport takes more; False: nothing written."""
+    return not connection.paused and write_frame_now(connection, message)
+
+
 async def send_message(connection: Connection, message: bytes | str) -> None:
     """Send one message as ``send()`` would, but straight to the transport
-    (:func:`write_frame_now`) when nothing stands in the way: the transport
-    takes more, and websockets has nothing of its own to write first.
+    (:func:`write_now`) when nothing stands in the way: the transport takes
+    more, and websockets has nothing of its own to write first.
     Raises ConnectionClosed as ``send()`` does."""
-    if not connection.paused and write_frame_now(connection, message):
-        return
-    await connection.send(message)
+    if not write_now(connection, message):
+        await connection.send(message)
 
 
 def write_paused(connection: Connection) -> bool:
