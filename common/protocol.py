@@ -45,6 +45,7 @@ __all__ = [
     "encode_control",
     "format_target",
     "is_health_path",
+    "named_target",
     "normalize_prefix",
     "offers",
     "parse_answer",
@@ -288,15 +289,23 @@ def target_from_query(query: str, default: Target | None) -> Target | HandshakeR
     """The target named by ``?to=``, else the default; or why there is none."""
     values = parse_qs(query, keep_blank_values=True).get(QUERY_TARGET)
     if values is None:
+        return named_target(None, default)
+    if len(values) > 1:
+        return HandshakeRejection(Failure.BAD_TARGET, "bad target: more than one 'to' parameter")
+    return named_target(values[0], default)
+
+
+def named_target(named: str | None, default: Target | None) -> Target | HandshakeRejection:
+    """The target ``named`` (as one ``?to=`` value, or an in-band ``open``'s), else the
+    default; or why there is none."""
+    if named is None:
         if default is None:
             return HandshakeRejection(
                 Failure.BAD_TARGET, "no target: add ?to=HOST:PORT (the server has no default)"
             )
         return default
-    if len(values) > 1:
-        return HandshakeRejection(Failure.BAD_TARGET, "bad target: more than one 'to' parameter")
     try:
-        return parse_target(values[0])
+        return parse_target(named)
     except TargetError as exc:
         return HandshakeRejection(Failure.BAD_TARGET, f"bad target: {exc}")
 

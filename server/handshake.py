@@ -11,7 +11,7 @@ way (in-band, after the upgrade) passes exactly the same checks.
 
 from __future__ import annotations
 
-from urllib.parse import parse_qs, urlencode, urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from websockets.datastructures import Headers
 from websockets.http11 import Request
@@ -25,6 +25,7 @@ from wstun.common.protocol import (
     HandshakeRejection,
     Target,
     bearer_token,
+    named_target,
     offers,
     path_matches,
     target_from_query,
@@ -113,5 +114,4 @@ class RequestChecks:
 
     def target(self, named: str | None) -> Target | HandshakeRejection:
         """The target of an in-band ``open``: as ``?to=`` would name it, else the default."""
-        query = "" if named is None else urlencode({QUERY_TARGET: named})
-        return target_from_query(query, self._default_target)
+        return named_target(named, self._default_target)
