@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import ipaddress
 import logging
 import random
@@ -87,6 +88,11 @@ BACKOFF_FIRST = 1.0
 BACKOFF_MAX = 30.0
 #: Data channels opened at once in answer to the server's demand.
 MAX_OPENING = 16
+#: Most idle data channels a lease keeps, however many tunnels were open at once.
+KEEP_CEILING = 64
+#: Seconds after which idle data channels beyond twice ``--reverse-channels`` that
+#: no tunnel wanted meanwhile are closed.
+SURPLUS_IDLE = 30.0
 #: Longest wait before opening a data channel again after opens failed.
 MAX_CHANNEL_RETRY = 5.0
 #: Data channels reopened at once after reaching the wrong ``--workers`` process (421),
@@ -234,6 +240,11 @@ class _Channels:
         self._retry: asyncio.TimerHandle | None = None
         # Data channels refused in a row for reaching a worker without the lease (421).
         self._misdirected = 0
+        #: Channels carrying a tunnel now, and the most at once lately (how many
+        #: idle ones are kept); the timer that trims the idle ones kept past 2N.
+        self.busy = 0
+        self.peak = 0
+        self._trim_timer: asyncio.TimerHandle | None = None
 
     def top_up(self, wanted: int = 0) -> None:
         """Open channels until ``size`` (or ``wanted``, at most MAX_OPENING more) are idle
@@ -319,22 +330,50 @@ class _Channels:
             self._misdirected = 0
             self.top_up()  # a replacement, so the next connection finds one
             channel.refused = False
-            if forward.remote.proto == "udp":
-                if await forward.carry_flow(channel, control.peer or "-"):
-                    return  # the flow closed its WebSocket when it ended
-                self.top_up()
-            else:
-                local = InboundConnection(channel, control.peer or "-", forward.name)
-                await forward.tunnel(local).run()
-                self.top_up()  # in case a replacement failed while this one was busy
-                if channel.refused:
-                    pass  # the channel is idle again; what went ahead is dropped
-                elif local.stream is None or not local.stream.reusable_now:
-                    return
-            if self.closed or len(self.idle) >= 2 * forward.channels:
+            self.busy += 1
+            self.peak = max(self.peak, self.busy)
+            try:
+                if forward.remote.proto == "udp":
+                    if await forward.carry_flow(channel, control.peer or "-"):
+                        return  # the flow closed its WebSocket when it ended
+                    self.top_up()
+                else:
+                    local = InboundConnection(channel, control.peer or "-", forward.name)
+                    await forward.tunnel(local).run()
+                    self.top_up()  # in case a replacement failed while this one was busy
+                    if channel.refused:
+                        pass  # the channel is idle again; what went ahead is dropped
+                    elif local.stream is None or not local.stream.reusable_now:
+                        return
+            finally:
+                self.busy -= 1
+            if self.closed or len(self.idle) >= self._keep():
                 await channel.close(CloseCode.NORMAL, "not needed")
                 return
             self.idle.add(channel)
+            if len(self.idle) > 2 * forward.channels and self._trim_timer is None:
+                loop = asyncio.get_running_loop()
+                self._trim_timer = loop.call_later(SURPLUS_IDLE, self._trim)
+
+    def _keep(self) -> int:
+        """How many idle channels are kept: ``2 * --reverse-channels``, or enough for
+        as many tunnels at once as lately plus ``--reverse-channels`` (at most 64),
+        so that steady traffic of many short connections stops opening channels."""
+        size = self.forward.channels
+        return max(2 * size, min(self.peak + size, KEEP_CEILING) - self.busy)
+
+    def _trim(self) -> None:
+        """Every SURPLUS_IDLE seconds while more than 2N are idle: close those beyond
+        what the tunnels since the last trim needed; "lately" starts again."""
+        self._trim_timer = None
+        if self.closed:
+            return
+        keep = self._keep()
+        while len(self.idle) > keep:
+            self.forward.start(functools.partial(self.idle.pop().close, CloseCode.NORMAL, "idle"))
+        self.peak = self.busy
+        if len(self.idle) > 2 * self.forward.channels:
+            self._trim_timer = asyncio.get_running_loop().call_later(SURPLUS_IDLE, self._trim)
 
     def _refused(self, refused: Refused) -> None:
         """The server refused a data channel: open another one, at once when it reached a
@@ -359,6 +398,9 @@ class _Channels:
         if self._retry is not None:
             self._retry.cancel()
             self._retry = None
+        if self._trim_timer is not None:
+            self._trim_timer.cancel()
+            self._trim_timer = None
         await asyncio.gather(
             *(channel.close(CloseCode.NORMAL, reason) for channel in list(self.idle)),
             return_exceptions=True,

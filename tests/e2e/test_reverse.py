@@ -195,6 +195,28 @@ async def test_many_connections_reuse_warm_channels(wstun: Wstun, target) -> Non
     assert len(opened) <= 8, f"{len(opened)} WebSockets for 20 connections"
 
 
+async def test_steady_concurrent_connections_stop_opening_channels(wstun: Wstun, target) -> None:
+    """Rounds of 6 connections at once with --reverse-channels 1: the channels that
+    come back after the first round are kept (as many as were busy, plus one), so
+    the later rounds open next to none, where keeping only twice
+    --reverse-channels opened about 4 for every round."""
+    _, client, port = await reverse(
+        wstun, await target(echo_target()), client_args=("-v", "--reverse-channels", "1")
+    )
+    opened = r"websockets\.client: = connection is OPEN"
+    done = 0
+    for round_ in range(5):
+        payloads = [os.urandom(500 + i) for i in range(6)]
+        assert await asyncio.gather(*(echo(port, p) for p in payloads)) == payloads
+        done += 6
+        # A channel goes back to the idle ones before its tunnel's line is logged.
+        await client.wait_for(LINE.format(side="c"), count=done)
+        if round_ == 0:
+            after_first = len(client.matches(opened))
+    later = len(client.matches(opened)) - after_first
+    assert later <= 4, f"{later} data channels opened after the first round"
+
+
 # ----------------------------------------------------------------- ownership
 
 
