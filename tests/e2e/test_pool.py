@@ -198,6 +198,8 @@ async def test_a_refusal_in_band_is_the_refusal_over_http(
                 assert await conn.recv(2) == b"\x05\x00"
                 assert await conn.reply() == 0
                 await conn.echo_check()
+            # Waited for, not read at once: the log reader may still be a line behind.
+            await client.wait_for(r"pool: open \S+ on a warm WebSocket", count=2)
             assert len(client.matches(r"pool: open \S+ on a warm WebSocket")) == 2
         client.stop()
     assert seen[0] == seen[1]
