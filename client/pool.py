@@ -29,6 +29,7 @@ from websockets.protocol import State
 
 from wstun.client.config import DEFAULT_IDLE, DEFAULT_LIFETIME, DEFAULT_POOL
 from wstun.client.dialer import WebSocketDialer
+from wstun.client.reuse import keep_idle
 from wstun.common.ahead import Ahead
 from wstun.common.errors import HandshakeError
 from wstun.common.protocol import (
@@ -58,9 +59,6 @@ logger = logging.getLogger("wstun.client")
 
 #: Seconds between two tries to refill after a refill failed.
 _REFILL_BACKOFF = 5.0
-
-#: Most idle WebSockets the pool takes back, however many tunnels were open at once.
-_KEEP_CEILING = 64
 
 
 class _Lost(Exception):
@@ -258,14 +256,8 @@ class PooledDialer:
         self._idle.append(channel)
 
     def _keep(self) -> int:
-        """How many idle WebSockets the pool takes back: ``2 * size``, or enough
-        for as many tunnels at once as lately plus ``size`` (at most 64), so
-        that steady traffic of many short connections never waits for an
-        upgrade. "Lately" ends when an idle one reaches the idle limit."""
-        if self.size <= 0:
-            return 0
-        wanted = min(self.peak + self.size, _KEEP_CEILING) - self.busy
-        return max(2 * self.size, wanted)
+        """:func:`keep_idle`; "lately" ends when an idle one reaches the idle limit."""
+        return keep_idle(self.size, self.peak, self.busy)
 
     def _watch(self, channel: _Channel) -> None:
         """While idle the server may only close it (:meth:`_lost`); after the idle

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 from websockets.exceptions import ConnectionClosed
 
 from wstun.client.forward import parse_forward
+from wstun.client.reuse import keep_idle
 from wstun.client.tunnel import LocalEnd, Tunnel, TunnelHandshakeCounter, TunnelSettings
 from wstun.common.datagram import DatagramFlow, FlowReport, UdpSocket, open_udp
 from wstun.common.errors import HandshakeError, TargetError, describe_os_error
@@ -88,8 +89,6 @@ BACKOFF_FIRST = 1.0
 BACKOFF_MAX = 30.0
 #: Data channels opened at once in answer to the server's demand.
 MAX_OPENING = 16
-#: Most idle data channels a lease keeps, however many tunnels were open at once.
-KEEP_CEILING = 64
 #: Seconds after which idle data channels beyond twice ``--reverse-channels`` that
 #: no tunnel wanted meanwhile are closed.
 SURPLUS_IDLE = 30.0
@@ -356,11 +355,8 @@ class _Channels:
                 self._trim_timer = loop.call_later(SURPLUS_IDLE, self._trim)
 
     def _keep(self) -> int:
-        """How many idle channels are kept: ``2 * --reverse-channels``, or enough for
-        as many tunnels at once as lately plus ``--reverse-channels`` (at most 64),
-        so that steady traffic of many short connections stops opening channels."""
-        size = self.forward.channels
-        return max(2 * size, min(self.peak + size, KEEP_CEILING) - self.busy)
+        """:func:`keep_idle` with ``--reverse-channels``; "lately" ends at each trim."""
+        return keep_idle(self.forward.channels, self.peak, self.busy)
 
     def _trim(self) -> None:
         """Every SURPLUS_IDLE seconds while more than 2N are idle: close those beyond

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 from wstun.client import reverse
+from wstun.client.reuse import KEEP_CEILING
 from wstun.common.protocol import CloseCode
 
 
@@ -49,7 +50,7 @@ async def test_kept_idle_channels_follow_the_tunnels_open_at_once() -> None:
     channels.busy = 4
     assert channels._keep() == 3
     channels.peak, channels.busy = 1000, 0
-    assert channels._keep() == reverse.KEEP_CEILING
+    assert channels._keep() == KEEP_CEILING
 
 
 async def test_a_trim_closes_only_what_no_tunnel_needed_since_the_last_one() -> None:
