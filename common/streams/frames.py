@@ -15,11 +15,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-__all__ = ["Unmask", "take_binary_frames"]
+__all__ = ["FIN_BINARY", "Unmask", "take_binary_frames"]
 
-# FIN set, no reserved bits, opcode 2 (binary): the first byte of every
-# frame this module takes.
-_FIN_BINARY = 0x82
+#: FIN set, no reserved bits, opcode 2 (binary): the first byte of every
+#: frame this module takes (and of every frame wstun writes straight).
+FIN_BINARY = 0x82
 
 
 #: Unmasks a payload with a 4-byte key (websockets' ``apply_mask``).
@@ -46,7 +46,7 @@ def take_binary_frames(
     pos = 0
     view: memoryview | None = None
     while end - pos >= 2:
-        if data[pos] != _FIN_BINARY:
+        if data[pos] != FIN_BINARY:
             break
         second = data[pos + 1]
         if second & 0x80 != mask_bit:

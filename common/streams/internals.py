@@ -67,7 +67,7 @@ except ImportError:  # pragma: no cover - websockets built without its C extensi
     from websockets.utils import apply_mask
 
 from wstun.common.streams.chunk_reader import ChunkReader
-from wstun.common.streams.frames import take_binary_frames
+from wstun.common.streams.frames import FIN_BINARY, take_binary_frames
 
 __all__ = [
     "TLS_RECORD_START",
@@ -270,8 +270,7 @@ def _frame_header(first: int, length: int, mask_bit: int) -> bytes:
     return _HEADER_64.pack(first, mask_bit | 127, length)
 
 
-# FIN plus the opcode of a binary and of a text frame.
-_FIN_BINARY = 0x82
+# FIN plus the opcode of a text frame (a binary one's is FIN_BINARY).
 _FIN_TEXT = 0x81
 
 
@@ -295,7 +294,7 @@ def write_frame_now(connection: Connection, data: bytes | str) -> bool:
         or connection.send_in_progress is not None
     ):
         return False
-    first = _FIN_BINARY
+    first = FIN_BINARY
     if isinstance(data, str):
         first, data = _FIN_TEXT, data.encode()
     if protocol.side is Side.CLIENT:

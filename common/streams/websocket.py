@@ -31,6 +31,7 @@ from wstun.common.streams.internals import (
     send_message,
     transport_closing,
     write_frame_now,
+    write_now,
     write_paused,
 )
 from wstun.common.streams.keepalive import Keepalive, keepalive_for
@@ -211,9 +212,7 @@ class WebSocketStream(ByteStream):
         return len(data)
 
     def try_write(self, data: bytes) -> bool:
-        if self._state is not StreamState.OPEN or write_paused(self._ws):
-            return False
-        return write_frame_now(self._ws, data)
+        return self._state is StreamState.OPEN and write_now(self._ws, data)
 
     def set_sink(self, sink: ChunkSink | None) -> None:
         if sink is None:
