@@ -536,16 +536,8 @@ def _one_line(text: str) -> str:
     return text.replace("\r", " ").replace("\n", " ")[:300]
 
 
-_OPENED = '{"type":"opened"}'
-
-
 def encode_control(message: Control) -> str:
     """The text of a control message (compact JSON; fields that are None left out)."""
-    # The two every pooled tunnel sends, without the general encoder.
-    if type(message) is Opened:
-        return _OPENED
-    if type(message) is Open and message.peer is None and message.target is not None:
-        return f'{{"type":"open","target":{json.dumps(message.target)}}}'
     data: dict[str, object]
     if isinstance(message, Refused):
         data = {"type": "refused", "status": message.status, "reason": _one_line(message.reason)}
