@@ -241,9 +241,14 @@ class TcpStream(ByteStream):
         self._state = StreamState.CLOSED
         self._transport.close()
         try:
-            await asyncio.wait_for(asyncio.shield(self._lost_waiter), _CLOSE_TIMEOUT)
-        except TimeoutError:
-            self._transport.abort()
+            if not self._lost_waiter.done():
+                # A timer rather than wait_for(): every tunnel ends with a close.
+                # The abort makes the transport lost, which ends the wait.
+                timer = self._loop.call_later(_CLOSE_TIMEOUT, self._transport.abort)
+                try:
+                    await asyncio.shield(self._lost_waiter)
+                finally:
+                    timer.cancel()
         finally:
             self._wake_reader()
 
