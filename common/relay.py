@@ -19,6 +19,7 @@ applications at both ends see an error, never a clean but short stream);
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import enum
 
@@ -181,6 +182,22 @@ async def _abort_both(a: ByteStream, b: ByteStream, reason: str) -> None:
     await asyncio.gather(a.abort(reason), b.abort(reason), return_exceptions=True)
 
 
+async def _close_both(a: ByteStream, b: ByteStream) -> None:
+    """Close both at once; a failing close is the stream's own business by now."""
+    # One task, not gather()'s two: every tunnel that ends cleanly comes here.
+    other = asyncio.ensure_future(b.close())
+    try:
+        with contextlib.suppress(Exception):  # both directions are done: nothing to report
+            await a.close()
+        if not other.done():
+            await asyncio.wait((other,))
+    except BaseException:
+        other.cancel()
+        raise
+    if not other.cancelled():
+        other.exception()  # retrieved: not reported as never retrieved
+
+
 async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
     for task in tasks:
         task.cancel()
@@ -231,7 +248,7 @@ async def copy_bidirectional(
     if watchdog is not None:
         await _cancel([watchdog])
     if error is None:
-        await asyncio.gather(a.close(), b.close(), return_exceptions=True)
+        await _close_both(a, b)
         return forward.count, backward.count
     await _cancel(transfers)
     counts = {"a_to_b": forward.count, "b_to_a": backward.count}
@@ -251,17 +268,30 @@ async def _wait(
     transfers: list[asyncio.Task[None]], watchdog: asyncio.Future[None] | None
 ) -> _DirectionFailed | IdleTimeout | None:
     """Wait until both transfers finish, one fails, or the watchdog fires."""
-    pending: set[asyncio.Future[None]] = set(transfers)
-    if watchdog is not None:
-        pending.add(watchdog)
-    while any(not t.done() for t in transfers):
-        done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-        for task in done:
-            if task is watchdog:
+    # One future woken by done callbacks, rather than asyncio.wait() per wake-up.
+    loop = asyncio.get_running_loop()
+    waiter: asyncio.Future[None] = loop.create_future()
+
+    def wake(_: asyncio.Future[None]) -> None:
+        if not waiter.done():
+            waiter.set_result(None)
+
+    watched: list[asyncio.Future[None]] = [*transfers, *([watchdog] if watchdog else [])]
+    for task in watched:
+        task.add_done_callback(wake)
+    try:
+        while True:
+            await waiter
+            if watchdog is not None and watchdog.done() and not watchdog.cancelled():
                 return IdleTimeout("idle", a_to_b=0, b_to_a=0, stream="", operation="idle")
-            exc = task.exception()
-            if isinstance(exc, _DirectionFailed):
-                return exc
-            if exc is not None:
-                raise exc
-    return None
+            for task in transfers:
+                if task.done() and (exc := task.exception()) is not None:
+                    if isinstance(exc, _DirectionFailed):
+                        return exc
+                    raise exc
+            if all(task.done() for task in transfers):
+                return None
+            waiter = loop.create_future()
+    finally:
+        for task in watched:
+            task.remove_done_callback(wake)
