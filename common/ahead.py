@@ -32,21 +32,40 @@ class Ahead:
 
     async def while_waiting(self, connection: Connection) -> Data:
         """The far side's answer; meanwhile at most one chunk of the source is sent."""
-        answer = asyncio.ensure_future(connection.recv())
         source, self.source = self.source, None  # one chunk, on the first try only
         if source is None:
-            return await answer
-        reading = asyncio.ensure_future(source.read(self.size))
+            return await connection.recv()
+        # One task reads and sends the chunk while this one waits for the answer
+        # (not a task for each and asyncio.wait(): every pooled tunnel opens here).
+        ahead = asyncio.ensure_future(self._send_ahead(source, connection))
         try:
-            await asyncio.wait((answer, reading), return_when=asyncio.FIRST_COMPLETED)
-            if not reading.done():
-                reading.cancel()  # the chunk stays in the stream for the relay
-            await asyncio.gather(reading, return_exceptions=True)
-            if not reading.cancelled() and reading.exception() is None and reading.result():
-                # After a refusal too: the far side drops it; after opened it is payload.
-                self.data = reading.result()
-                await send_message(connection, self.data)
-            return await answer
-        finally:
-            for task in (answer, reading):
-                task.cancel()
+            answer = await connection.recv()
+        except asyncio.CancelledError:
+            ahead.cancel()
+            raise
+        except BaseException:
+            await self._settle(ahead)
+            raise
+        await self._settle(ahead)
+        return answer
+
+    async def _send_ahead(self, source: ByteStream, connection: Connection) -> None:
+        try:
+            chunk = await source.read(self.size)
+        except Exception:  # the relay meets the error and reports it
+            return
+        if chunk:
+            # After a refusal too: the far side drops it; after opened it is payload.
+            self.data = chunk
+            await send_message(connection, chunk)
+
+    async def _settle(self, ahead: asyncio.Task[None]) -> None:
+        """The chunk's task ended: cancelled while it still reads (the chunk stays
+        in the stream for the relay), else once what it read is sent."""
+        if not self.data:
+            ahead.cancel()
+        if not ahead.done():
+            # The relay must not read the source before this read has unwound.
+            await asyncio.wait((ahead,))
+        if not ahead.cancelled() and (exc := ahead.exception()) is not None:
+            raise exc
