@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 
 __all__ = ["IPAddress", "IPNetwork", "parse_ip"]
@@ -10,6 +11,9 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
+# Every tunnel's target and dialled addresses go through here several times
+# (the policy's checks); addresses are immutable, so the answers are kept.
+@functools.lru_cache(maxsize=1024)
 def parse_ip(text: str) -> IPAddress | None:
     """The address ``text`` names, or ``None`` when it is not an IP address.
 
