@@ -43,11 +43,9 @@ class _TcpProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports quack like asyncio.Transport without subclassing it.
-        transport = cast(asyncio.Transport, transport)
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.stream = TcpStream(transport)
+        # Nagle is already off: asyncio and uvloop set TCP_NODELAY on every TCP
+        # transport they make (a test holds them to it), so no setsockopt here.
+        self.stream = TcpStream(cast(asyncio.Transport, transport))
         if self._on_connected is not None:
             self._on_connected(self.stream)
 

@@ -9,6 +9,7 @@ check in both orientations, on both event loops.
 from __future__ import annotations
 
 import asyncio
+import socket
 
 import pytest
 from websockets.exceptions import ConnectionClosedError
@@ -65,6 +66,16 @@ async def test_contract(make_pair: MakePair, kind: str, check: str) -> None:
         return made.left, made.right
 
     await check_byte_stream(connected, TRAITS[kind], only=[check])
+
+
+async def test_tcp_streams_have_nagle_off(make_pair: MakePair) -> None:
+    """Dialled and accepted TCP streams send a small write at once (TCP_NODELAY),
+    so a keystroke or a redis PING never waits for the previous ACK."""
+    made = await make_pair("tcp")
+    for stream in (made.left, made.right):
+        assert isinstance(stream, TcpStream)
+        sock = stream._transport.get_extra_info("socket")
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
 
 
 @pytest.mark.parametrize("swap", [False, True], ids=["client-eof", "server-eof"])
