@@ -424,6 +424,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in workloads:
         if name not in WORKLOADS and name not in UDP_WORKLOADS:
             parser.error(f"unknown workload {name!r}")
+    # Read before the run, not after it: a mistyped path must not cost the results.
+    try:
+        notes = args.notes.read_text() if args.notes else ""
+    except OSError as exc:
+        parser.error(f"--notes: {exc}")
     run = Run(tunnels, workloads, args.rounds or rounds, sizes, with_scale)
 
     started = datetime.datetime.now(datetime.UTC)
@@ -444,7 +449,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / f"{started:%Y-%m-%d}-{name}"
-    notes = args.notes.read_text() if args.notes else ""
     write_markdown(stem.with_suffix(".md"), meta, results, tunnels, notes)
     write_json(stem.with_suffix(".json"), meta, results)
     plotted = write_plot(stem.with_suffix(".png"), results, tunnels)
