@@ -276,7 +276,9 @@ async def _wait(
         if not waiter.done():
             waiter.set_result(None)
 
-    watched: list[asyncio.Future[None]] = [*transfers, *([watchdog] if watchdog else [])]
+    watched: list[asyncio.Future[None]] = [*transfers]
+    if watchdog is not None:
+        watched.append(watchdog)
     for task in watched:
         task.add_done_callback(wake)
     try:
