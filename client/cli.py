@@ -30,6 +30,7 @@ from wstun.client.configfile import (
     config_file_callback,
     given,
     provenance,
+    reads_config_of,
     settle_conflicts,
 )
 from wstun.client.forward import Forward, parse_forward
@@ -451,6 +452,8 @@ main.__class__ = _ClientCommand
 #: The client's options that check takes too, the very same objects: one type,
 #: callback, environment variable and help text for both.
 _CHECK_SHARED = (
+    "config",
+    "profile",
     "token_file",
     "cacert",
     "insecure",
@@ -488,7 +491,10 @@ _CHECK_SHARED = (
 @click.option(
     "--json", "as_json", is_flag=True, allow_from_autoenv=False, help="Print the report as JSON."
 )
+@click.pass_context
+@settle_conflicts
 def check_command(
+    ctx: click.Context,
     url: str,
     target: Target | None,
     idle_probe: float | None,
@@ -508,7 +514,9 @@ def check_command(
     One line per step: proxy, resolve, tcp, connect (the proxy's CONNECT), tls,
     upgrade, token, target (--target), ping (10 round trips) and idle
     (--idle-probe), then the verdict. It goes the way tunnels go: the same
-    proxy, --connect-to, TLS options, headers and token.
+    proxy, --connect-to, TLS options, headers and token, from the command
+    line, the environment or the client's --config file (whose other keys,
+    such as local, it checks and leaves unused).
 
     \b
     Examples:
@@ -544,6 +552,7 @@ def check_command(
 
 
 check_command.params.extend(param for param in main.params if param.name in _CHECK_SHARED)
+reads_config_of(check_command, main)
 
 
 async def _check(

@@ -38,6 +38,7 @@ __all__ = [
     "given",
     "load_config_file",
     "provenance",
+    "reads_config_of",
     "settle_conflicts",
 ]
 
@@ -48,6 +49,10 @@ R = TypeVar("R")
 _LOADED = "wstun.configfile"
 _SEEN = "wstun.configfile.seen"
 _ASIDE = "wstun.configfile.aside"
+
+#: Commands that read another command's config files (``wstun-client check``
+#: reads the client's): command -> the command whose keys the file holds.
+_KEYS_FROM: dict[click.Command, click.Command] = {}
 
 #: Options that only make sense on the command line (or in the environment).
 COMMAND_LINE_ONLY = frozenset({"config", "profile", "check", "help", "version"})
@@ -98,6 +103,13 @@ def config_file_callback(ctx: click.Context, param: click.Parameter, value: Any)
             load_config_file(ctx, seen["config"], seen["profile"])
 
 
+def reads_config_of(command: click.Command, keys_from: click.Command) -> None:
+    """Let ``command`` read the config files of ``keys_from``: the whole file is
+    checked against ``keys_from``'s options, and only the values of the options
+    ``command`` takes too become its defaults; the others are left unused."""
+    _KEYS_FROM[command] = keys_from
+
+
 def load_config_file(ctx: click.Context, path: Path | None, profile: str | None) -> None:
     """Check the file (and its profile) and put its values in ``ctx.default_map``."""
     if path is None:
@@ -109,14 +121,17 @@ def load_config_file(ctx: click.Context, path: Path | None, profile: str | None)
         return
     text = _read(ctx, path)
     tables = _tables(path, text, _parse(path, text), profile)
-    params = _file_keys(ctx.command)
+    params = _file_keys(_KEYS_FROM.get(ctx.command, ctx.command))
+    taken = _file_keys(ctx.command)
     values: dict[str, Any] = {}
     lines: dict[str, int | None] = {}
     for key, (value, table) in _merge(tables).items():
         line = key_line(text, table, key)
         param = _known(params, key, value, table, _place(path, line))
-        values[param.name or key] = _checked(ctx, param, key, value, path, line)
-        lines[param.name or key] = line
+        raw = _checked(ctx, param, key, value, path, line)
+        if key in taken:
+            values[taken[key].name or key] = raw
+            lines[taken[key].name or key] = line
     ctx.default_map = {**(ctx.default_map or {}), **values}
     ctx.meta[_LOADED] = ConfigFile(path, profile, lines)
 

@@ -443,3 +443,39 @@ def test_key_line(table: tuple[str, ...], key: str, line: int | None) -> None:
         'local = ["1:a:1"]\n'
     )
     assert key_line(text, table, key) == line
+
+
+# -- wstun-client check reads the same file ----------------------------------------------
+
+
+def test_check_refuses_a_bad_file_as_the_client_does(tmp_path: Path) -> None:
+    """The whole file is checked, keys check has no use for included: the same exit
+    status and message as the client's own."""
+    config = tmp_path / "c.toml"
+    for text, message in [
+        ('url = "ws://h/"\nlcoal = ["1:a:1"]\n', "c.toml:2: unknown key 'lcoal'; did you mean"),
+        ('url = "ws://h/"\nlocal = ["5432:db"]\n', "Invalid value for 'local' in"),
+        ('url = "ws://h/"\ntoken = "x"\n', "'token' is refused: tokens don't go in the config"),
+    ]:
+        config.write_text(text)
+        client_code, client_out = run(["--check", "--config", str(config)])
+        check_code, check_out = run(["check", "--config", str(config)])
+        assert (check_code, client_code) == (2, 2), check_out
+        assert message in check_out, check_out
+        assert client_out.splitlines()[-1] == check_out.splitlines()[-1]
+
+
+def test_check_lets_the_command_line_win_over_the_file(tmp_path: Path) -> None:
+    """--insecure on the command line sets aside the file's cacert, as for the client:
+    no usage error, the check runs (and fails at tcp: nothing listens on port 1)."""
+    (tmp_path / "ca.pem").write_text("not read: set aside\n")
+    config = tmp_path / "c.toml"
+    config.write_text('url = "wss://127.0.0.1:1/"\ncacert = "ca.pem"\nproxy = "none"\n')
+    code, out = run(["check", "--config", str(config), "--insecure"])
+    assert code == 1, out
+    assert "verdict: FAIL at tcp: 127.0.0.1:1: connection refused" in out
+
+    config.write_text('url = "wss://127.0.0.1:1/"\ncacert = "ca.pem"\ninsecure = true\n')
+    code, out = run(["check", "--config", str(config)])
+    assert code == 2, out  # both from the file: the usual error
+    assert "--cacert and --insecure contradict each other" in out, out

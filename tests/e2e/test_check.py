@@ -187,6 +187,39 @@ async def test_good_server_passes_every_step(wstun: Wstun, target, ca, tmp_path)
     assert checked.detail("idle") == "still open after 0.3s with no pings from this side"
 
 
+async def test_config_file_and_profile_are_read(wstun: Wstun, tmp_path: Path) -> None:
+    """The client's config file serves check too: the profile's url, the file's
+    token_file (relative to the file), its forwards left unused; by --config and
+    --profile or by WSTUN_CONFIG and WSTUN_PROFILE."""
+    secret = token_file(tmp_path, "server-token", "file-token")
+    _, sport = await wstun.server("--token-file", str(secret))
+    (tmp_path / "secrets").mkdir()
+    token_file(tmp_path / "secrets", "token", "file-token")
+    config = tmp_path / "client.toml"
+    config.write_text(
+        f'url = "ws://127.0.0.1:{free_port()}/"\n'
+        'token_file = "secrets/token"\n'
+        'local = ["5432:db.internal:5432"]\n'
+        "[profiles.work]\n"
+        f'url = "ws://127.0.0.1:{sport}/"\n'
+    )
+
+    by_options = await check("--config", str(config), "--profile", "work")
+    by_options.passed("connect", "tls", "target", "idle")
+    assert by_options.detail("token") == "accepted (the server says: token accepted)"
+    assert by_options.detail("tcp").startswith(f"127.0.0.1:{sport} ")
+
+    env = quiet_env(WSTUN_CONFIG=str(config), WSTUN_PROFILE="work")
+    by_environment = await check(env=env)
+    by_environment.passed("connect", "tls", "target", "idle")
+
+    top_level = await check("--config", str(config))
+    assert top_level.failed_at("tcp").endswith(
+        "connection refused: nothing listens there; "
+        "is wstun-server, or the proxy in front of it, running on that port?"
+    )
+
+
 async def test_json_report_parses(wstun: Wstun, tmp_path) -> None:
     """--json: one document with ok, failed, verdict and every step's status and facts,
     for a passing check and for a failing one; the exit status is the same as in text."""
