@@ -352,6 +352,8 @@ class UdpEcho:
         self.port: int = self.sock.getsockname()[1]
         self.received = 0
         self.sources: set[tuple[str, int]] = set()
+        #: The first 8 bytes of each datagram, in the order they came.
+        self.heads: list[bytes] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -366,6 +368,7 @@ class UdpEcho:
                 return
             self.received += 1
             self.sources.add(source)
+            self.heads.append(data[:8])
             with contextlib.suppress(OSError):
                 self.sock.sendto(data, source)
 

@@ -23,7 +23,7 @@ import socket
 import string
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from pathlib import Path
 
 import pytest
@@ -799,6 +799,72 @@ async def test_stalled_server_the_clients_queue_holds_and_drops_are_counted(
     assert client_peak - client_base < STALLED_RSS_BOUND
     assert client_flow["end"] in ("timeout", "closed"), client_flow
     assert server_flow["end"] in ("timeout", "closed"), server_flow
+
+
+#: Each half of the numbered flood: the first sent while the server is stopped.
+ORDERED_HALF = 5_000
+
+
+def numbered_blast(sock: socket.socket, first: int, count: int, size: int) -> None:
+    """Datagrams numbered ``first`` on (8 bytes, big-endian, then padding to ``size``),
+    paced as :func:`paced_blast`."""
+    padding = bytes(size - 8)
+    for i in range(first, first + count):
+        sock.send(i.to_bytes(8, "big") + padding)
+        if i % 50 == 49:
+            time.sleep(0.002)
+
+
+def pending(sock: socket.socket) -> list[bytes]:
+    """The first 8 bytes of every datagram waiting on ``sock`` (no wait)."""
+    heads = []
+    sock.setblocking(False)
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            heads.append(sock.recv(65536)[:8])
+    return heads
+
+
+def numbers(heads: Iterable[bytes]) -> list[int]:
+    """The numbers of the numbered datagrams among ``heads`` (warm-ups left out)."""
+    return [int.from_bytes(head, "big") for head in heads if len(head) == 8]
+
+
+async def test_datagrams_keep_their_order_through_a_stall(wstun: Wstun, udp_echo: UdpEcho) -> None:
+    """Numbered datagrams from one source: half while the server is stopped (the
+    client queues what the WebSocket can't take, and drops past its queue), half after
+    it goes on (the client sends its queue while new datagrams come, and those go
+    straight on once the queue is empty). Some are dropped, but the target gets the
+    carried ones in the order they were sent, none twice, from both halves, and the
+    echoes come back to the source in that order too."""
+    server, client, port = await udp_tunnel(
+        wstun, udp_echo.port, server_args=timeouts(2), client_args=timeouts(2)
+    )
+    with sender(port) as flood:
+        flood.send(b"warm-up")  # the flow is open before the stall
+        expect_echo(flood, b"warm-up")
+        server.popen.send_signal(signal.SIGSTOP)
+        try:
+            await asyncio.to_thread(numbered_blast, flood, 0, ORDERED_HALF, FLOOD_SIZE)
+        finally:
+            server.popen.send_signal(signal.SIGCONT)
+        await asyncio.to_thread(numbered_blast, flood, ORDERED_HALF, ORDERED_HALF, FLOOD_SIZE)
+        (client_flow,) = await flow_lines(client, "c")  # idle for 2 s: all echoes are in
+        (server_flow,) = await flow_lines(server, "s")
+        echoes = pending(flood)
+    carried = numbers(udp_echo.heads)
+    echoed = numbers(echoes)
+    print(
+        f"ordered: {2 * ORDERED_HALF} sent; target got {len(carried)}, source got "
+        f"{len(echoed)} echoes; client {counts(client_flow)}; server {counts(server_flow)}"
+    )
+    assert counts(client_flow)["dropped_up"] > 0  # the stall did fill the client's queue
+    assert carried == sorted(set(carried))
+    assert carried[0] < ORDERED_HALF <= carried[-1]
+    assert len(carried) <= counts(server_flow)["datagrams_up"] - 1
+    assert echoed
+    assert echoed == sorted(set(echoed))
+    assert set(echoed) <= set(carried)
 
 
 async def test_a_draining_server_ends_its_flows_at_once(wstun: Wstun, udp_echo: UdpEcho) -> None:
