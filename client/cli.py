@@ -90,6 +90,16 @@ class _RemoteType(click.ParamType[Remote, str]):
             self.fail(str(exc), param, ctx)
 
 
+class _HeaderText(click.types.StringParamType):
+    """``NAME: VALUE``; from the environment one per line, as a value may hold spaces."""
+
+    name = "header"
+    envvar_list_splitter = "\n"
+
+    def split_envvar_value(self, rv: str) -> Sequence[str]:
+        return [line.strip() for line in rv.splitlines() if line.strip()]
+
+
 def _check_headers(
     ctx: click.Context, param: click.Parameter, value: tuple[str, ...]
 ) -> tuple[tuple[str, str], ...]:
@@ -231,6 +241,7 @@ class _ClientCommand(click.Command):
     "-W",
     "--stdio",
     "stdio_target",
+    envvar=f"{ENV_PREFIX}_STDIO",
     type=TARGET,
     help="Tunnel stdin/stdout to HOST:PORT, e.g. as ssh's ProxyCommand "
     "(logs only warnings unless --log-level is given).",
@@ -250,6 +261,8 @@ class _ClientCommand(click.Command):
     "-H",
     "--header",
     "headers",
+    envvar=f"{ENV_PREFIX}_HEADER",
+    type=_HeaderText(),
     multiple=True,
     metavar="'NAME: VALUE'",
     callback=_check_headers,

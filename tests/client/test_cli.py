@@ -37,6 +37,19 @@ def test_from_environment() -> None:
     assert "token: set" in out
 
 
+def test_stdio_from_environment() -> None:
+    """-W comes from WSTUN_STDIO, as the README says; a bad value is reported under
+    that name."""
+    code, out = run(["--check", "ws://h/"], env={"WSTUN_STDIO": "db.internal:22"})
+    assert code == 0, out
+    assert "stdio: db.internal:22" in out
+    assert "from: stdio = environment (WSTUN_STDIO)" in out
+
+    code, out = run(["--check", "ws://h/"], env={"WSTUN_STDIO": "db.internal"})
+    assert code == 2, out
+    assert "Invalid value for WSTUN_STDIO (from the environment)" in out
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

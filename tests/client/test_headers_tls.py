@@ -97,3 +97,19 @@ def test_cli_check_lists_the_new_options(tmp_path: Path) -> None:
     assert "hunter2" not in result.output
     assert "proxy: http://p:3128" in result.output
     assert "metrics: 127.0.0.1:9101" in result.output
+
+
+def test_headers_from_the_environment_one_per_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """WSTUN_HEADER holds one header a line, so a value keeps its spaces (a gateway's
+    Basic credentials); blank lines are skipped; the command line's -H replaces it."""
+    monkeypatch.setenv("WSTUN_HEADER", "X-Gate-Auth: Basic dXNlcjpwdw==\n\nX-Team: infra\n")
+    ctx = main.make_context("wstun-client", ["--check", "-L", "1:a:1", "ws://h/"])
+    assert ctx.params["headers"] == (("X-Gate-Auth", "Basic dXNlcjpwdw=="), ("X-Team", "infra"))
+
+    ctx = main.make_context("wstun-client", ["--check", "-H", "X-Only: a b", "ws://h/"])
+    assert ctx.params["headers"] == (("X-Only", "a b"),)
+
+    monkeypatch.setenv("WSTUN_HEADER", "X-Gate 1")
+    result = CliRunner().invoke(main, ["--check", "-L", "1:a:1", "ws://h/"])
+    assert result.exit_code == 2
+    assert "Invalid value for WSTUN_HEADER (from the environment)" in result.output
