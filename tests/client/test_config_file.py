@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from wstun.client import cli
 from wstun.client.cli import main
 from wstun.client.configfile import key_line
 
@@ -465,9 +466,12 @@ def test_check_refuses_a_bad_file_as_the_client_does(tmp_path: Path) -> None:
         assert client_out.splitlines()[-1] == check_out.splitlines()[-1]
 
 
-def test_check_lets_the_command_line_win_over_the_file(tmp_path: Path) -> None:
+def test_check_lets_the_command_line_win_over_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """--insecure on the command line sets aside the file's cacert, as for the client:
     no usage error, the check runs (and fails at tcp: nothing listens on port 1)."""
+    monkeypatch.setattr(cli, "configure_logging", lambda level: None)  # keep pytest's logging
     (tmp_path / "ca.pem").write_text("not read: set aside\n")
     config = tmp_path / "c.toml"
     config.write_text('url = "wss://127.0.0.1:1/"\ncacert = "ca.pem"\nproxy = "none"\n')
