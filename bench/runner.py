@@ -87,6 +87,7 @@ PROFILES: dict[str, tuple[int, Sizes]] = {
 DEFAULT_TUNNELS = (
     "direct",
     "socat",
+    "socat-pair",
     "websocat",
     "websockify",
     "wstun",

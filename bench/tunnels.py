@@ -123,6 +123,13 @@ def _socat(target: int, logdir: Path) -> RunningTunnel:
     return RunningTunnel(port, [proc])
 
 
+def _socat_pair(target: int, logdir: Path) -> RunningTunnel:
+    """Two socat relays chained: the hops of a tunnel's client and server, no WebSocket."""
+    server = _socat(target, logdir)
+    client = _socat(server.port, logdir)
+    return RunningTunnel(client.port, [*server.procs, *client.procs])
+
+
 def _websocat_client(ws_port: int, logdir: Path, procs: list[Proc]) -> RunningTunnel:
     port = free_port()
     client = Proc(
@@ -455,6 +462,13 @@ TUNNELS: dict[str, TunnelSpec] = {
             _socat,
             max_scale=1000,
             note="plain TCP relay, forks a process per connection",
+        ),
+        TunnelSpec(
+            "socat-pair",
+            _socat_pair,
+            max_scale=500,
+            note="two socat relays chained, as a tunnel's client and server with no "
+            "WebSocket: the floor of a two-process tunnel (forks per connection)",
         ),
         TunnelSpec(
             "websocat",

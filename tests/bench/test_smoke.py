@@ -19,7 +19,7 @@ pytestmark = pytest.mark.timeout(240)
 #: Peers we measure against, not ours. websocat and websockify (and socat on a
 #: busy machine) now and then drop iperf3's control connection ("control socket has closed
 #: unexpectedly"); such a sample is tried again, ours never are.
-FOREIGN = frozenset({"socat", "websocat", "websockify"})
+FOREIGN = frozenset({"socat", "socat-pair", "websocat", "websockify"})
 
 
 def failed(results: Results) -> list[tuple[str, str, str]]:
