@@ -687,12 +687,18 @@ class ReverseService:
                 Failure.CONFLICT, f"{_shown(bind, proto)} is held by another client"
             ), held.retry_after()
         lease = Lease(self, bind, proto, listen.session, client, connection.user)
-        problem = await self._listen(lease, policy)
+        # Counted before the bind's await, so asks that come meanwhile see it.
+        self._per_client[client] += 1
+        try:
+            problem = await self._listen(lease, policy)
+        except BaseException:
+            self._uncount(client)
+            raise
         if problem is not None:
+            self._uncount(client)
             return problem, None
         self._by_id[lease.id] = lease
         self._by_bind[lease.bind, proto] = lease
-        self._per_client[client] += 1
         self._on_change(len(self._by_id))
         logger.info(
             "reverse %s: listening for %s (lease %s)",
@@ -765,14 +771,17 @@ class ReverseService:
         random.shuffle(free)
         return free[:_PORT_TRIES]
 
+    def _uncount(self, client: str) -> None:
+        self._per_client[client] -= 1
+        if self._per_client[client] <= 0:
+            del self._per_client[client]
+
     def end(self, lease: Lease, why: str, code: int = CloseCode.GOING_AWAY) -> None:
         """The lease is over: its port is free now."""
         if self._by_id.pop(lease.id, None) is None:
             return
         self._by_bind.pop((lease.bind, lease.proto), None)
-        self._per_client[lease.client] -= 1
-        if self._per_client[lease.client] <= 0:
-            del self._per_client[lease.client]
+        self._uncount(lease.client)
         lease.close(why, code)
         self._on_change(len(self._by_id))
         logger.info("reverse %s: port closed (%s)", lease, why)

@@ -484,6 +484,24 @@ async def test_too_many_leases_from_one_client_is_503(wstun: Wstun) -> None:
     )
 
 
+async def test_leases_asked_for_at_once_keep_to_the_limit(wstun: Wstun) -> None:
+    """Three listens sent before any answer (a client with three -R starting up): two
+    get their port, one gets the 503, as one after another."""
+    _, sport = await wstun.server("--allow-listen", "127.0.0.1:*", "--reverse-max-leases", "2")
+    async with contextlib.AsyncExitStack() as stack:
+        sockets = [await stack.enter_async_context(raw(sport)) for _ in range(3)]
+        listen = {"type": "listen", "bind": "127.0.0.1", "port": 0}
+        for ws in sockets:
+            await ws.send(json.dumps({**listen, "session": session()}))
+        answers = await asyncio.gather(*(answer(ws) for ws in sockets))
+    assert sorted(a["type"] for a in answers) == ["listening", "listening", "refused"]
+    (refused,) = (a for a in answers if a["type"] == "refused")
+    assert refused["status"] == 503
+    assert "too many reverse listeners from 127.0.0.1 (limit 2 per client)" in str(
+        refused["reason"]
+    )
+
+
 # ----------------------------------------------------- rules and bind addresses
 
 
