@@ -120,7 +120,7 @@ def load_config_file(ctx: click.Context, path: Path | None, profile: str | None)
             )
         return
     text = _read(ctx, path)
-    tables = _tables(path, text, _parse(path, text), profile)
+    tables, others = _tables(path, text, _parse(path, text), profile)
     params = _file_keys(_KEYS_FROM.get(ctx.command, ctx.command))
     taken = _file_keys(ctx.command)
     values: dict[str, Any] = {}
@@ -132,6 +132,14 @@ def load_config_file(ctx: click.Context, path: Path | None, profile: str | None)
         if key in taken:
             values[taken[key].name or key] = raw
             lines[taken[key].name or key] = line
+    # The profiles not chosen are checked too, so a typo or a secret in one is found
+    # before the day it is used; the files they name only when it is.
+    for table, data in others:
+        for key, value in data.items():
+            line = key_line(text, table, key)
+            param = _known(params, key, value, table, _place(path, line))
+            if not isinstance(param.type, click.Path):
+                _checked(ctx, param, key, value, path, line)
     ctx.default_map = {**(ctx.default_map or {}), **values}
     ctx.meta[_LOADED] = ConfigFile(path, profile, lines)
 
@@ -166,21 +174,25 @@ Table = tuple[str, ...]
 
 def _tables(
     path: Path, text: str, data: dict[str, Any], profile: str | None
-) -> list[tuple[Table, dict[str, Any]]]:
-    """The top level, then the chosen profile's table: the later one's keys win."""
+) -> tuple[list[tuple[Table, dict[str, Any]]], list[tuple[Table, dict[str, Any]]]]:
+    """The top level, then the chosen profile's table (the later one's keys win);
+    and the profiles not chosen."""
     profiles = data.pop("profiles", {})
     if not isinstance(profiles, dict) or not all(isinstance(t, dict) for t in profiles.values()):
         where = _place(path, key_line(text, (), "profiles"))
         raise ConfigError(f"{where}: 'profiles' holds tables: [profiles.NAME]")
     tables: list[tuple[Table, dict[str, Any]]] = [((), data)]
+    others: list[tuple[Table, dict[str, Any]]] = [
+        (("profiles", name), table) for name, table in profiles.items() if name != profile
+    ]
     if profile is None:
-        return tables
+        return tables, others
     if profile not in profiles:
         names = ", ".join(sorted(profiles)) if profiles else "none"
         raise ConfigError(f"{path}: no profile {profile!r}; the file's profiles: {names}")
     chosen: dict[str, Any] = profiles[profile]
     tables.append((("profiles", profile), chosen))
-    return tables
+    return tables, others
 
 
 def _merge(tables: list[tuple[Table, dict[str, Any]]]) -> dict[str, tuple[Any, Table]]:

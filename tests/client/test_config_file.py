@@ -483,3 +483,26 @@ def test_check_lets_the_command_line_win_over_the_file(
     code, out = run(["check", "--config", str(config)])
     assert code == 2, out  # both from the file: the usual error
     assert "--cacert and --insecure contradict each other" in out, out
+
+
+def test_profiles_not_chosen_are_checked_too(tmp_path: Path) -> None:
+    """A typo, a bad value or a secret in any profile is an error whichever profile is
+    used; the files a profile names are looked for only when it is used."""
+    config = tmp_path / "c.toml"
+    for bad, message in [
+        ('lcoal = ["1:a:1"]', "c.toml:4: unknown key 'lcoal' in [profiles.prod]; did you mean"),
+        ('local = ["5432:db"]', "Invalid value for 'local' in"),
+        ('token = "x"', "c.toml:4: 'token' is refused: tokens don't go in the config file"),
+    ]:
+        config.write_text(f"{SIMPLE}[profiles.prod]\n{bad}\n[profiles.dev]\npool = 1\n")
+        for profile in ([], ["--profile", "dev"]):
+            code, out = run(["--check", "--config", str(config), *profile])
+            assert code == 2, out
+            assert message in out, out
+
+    config.write_text(f'{SIMPLE}[profiles.prod]\ncacert = "prod-ca.pem"\n')
+    code, out = run(["--check", "--config", str(config)])
+    assert code == 0, out
+    code, out = run(["--check", "--config", str(config), "--profile", "prod"])
+    assert code == 2, out
+    assert "prod-ca.pem' does not exist" in out, out
