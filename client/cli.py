@@ -214,7 +214,7 @@ class _ClientCommand(click.Command):
     multiple=True,
     help="Have the server listen on BIND:PORT (BIND defaults to 127.0.0.1; PORT 0: the "
     "server picks) and carry each connection to HOST:HOSTPORT as this client sees it "
-    "(repeatable; the server must --allow-listen it).",
+    "(repeatable; the server must --allow-listen it; a /udp suffix forwards UDP datagrams).",
 )
 @click.option(
     "-D",
@@ -273,7 +273,8 @@ class _ClientCommand(click.Command):
     metavar="URL",
     callback=_check_proxy,
     help="HTTP CONNECT proxy, e.g. http://proxy.corp:3128 ('none': connect directly). "
-    "Default: HTTPS_PROXY (wss://) or HTTP_PROXY (ws://), honouring NO_PROXY.",
+    "Default: from the environment, WSS_PROXY or HTTPS_PROXY for wss://, WS_PROXY, "
+    "HTTPS_PROXY or HTTP_PROXY for ws://, honouring NO_PROXY.",
 )
 @click.option(
     "--connect-to",
@@ -323,7 +324,7 @@ class _ClientCommand(click.Command):
     help="Idle data channels each -R keeps open, so a connection on the server's port "
     "needs no new WebSocket (more are opened when connections wait).",
 )
-@udp_timeout_option("Seconds a UDP flow (-L .../udp) lives without a datagram either way.")
+@udp_timeout_option("Seconds a UDP flow (-L or -R .../udp) lives without a datagram either way.")
 @click.option(
     "--max-udp-flows",
     type=click.IntRange(min=1),
