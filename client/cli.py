@@ -94,7 +94,6 @@ class _HeaderText(click.types.StringParamType):
     """``NAME: VALUE``; from the environment one per line, as a value may hold spaces."""
 
     name = "header"
-    envvar_list_splitter = "\n"
 
     def split_envvar_value(self, rv: str) -> Sequence[str]:
         return [line.strip() for line in rv.splitlines() if line.strip()]
