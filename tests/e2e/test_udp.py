@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import itertools
 import os
 import random
 import re
@@ -749,16 +750,20 @@ async def test_flood_drops_are_counted_memory_stays_bounded_other_flow_stays_qui
     assert rtts[-1] < RTT_BOUND
 
 
-def paced_blast(sock: socket.socket, count: int, size: int) -> float:
-    """``count`` datagrams of ``size`` bytes in bursts of 50, 2 ms apart (a rate the
-    client can read, so its socket buffer drops few); the seconds it took."""
-    payload = random.Random(1).randbytes(size)
+def paced_blast(sock: socket.socket, payloads: Iterable[bytes]) -> float:
+    """Send ``payloads`` in bursts of 50, 2 ms apart (a rate the client can read, so its
+    socket buffer drops few); the seconds it took."""
     started = time.monotonic()
-    for i in range(count):
+    for i, payload in enumerate(payloads):
         sock.send(payload)
         if i % 50 == 49:
             time.sleep(0.002)
     return time.monotonic() - started
+
+
+def flood_payloads(count: int, size: int) -> Iterator[bytes]:
+    """``count`` copies of one random payload of ``size`` bytes."""
+    return itertools.repeat(random.Random(1).randbytes(size), count)
 
 
 async def test_stalled_server_the_clients_queue_holds_and_drops_are_counted(
@@ -778,7 +783,9 @@ async def test_stalled_server_the_clients_queue_holds_and_drops_are_counted(
         expect_echo(flood, b"warm-up")
         server.popen.send_signal(signal.SIGSTOP)
         try:
-            seconds = await asyncio.to_thread(paced_blast, flood, FLOOD_DATAGRAMS, FLOOD_SIZE)
+            seconds = await asyncio.to_thread(
+                paced_blast, flood, flood_payloads(FLOOD_DATAGRAMS, FLOOD_SIZE)
+            )
             client_peak = vm_rss(client)
         finally:
             server.popen.send_signal(signal.SIGCONT)
@@ -805,14 +812,10 @@ async def test_stalled_server_the_clients_queue_holds_and_drops_are_counted(
 ORDERED_HALF = 5_000
 
 
-def numbered_blast(sock: socket.socket, first: int, count: int, size: int) -> None:
-    """Datagrams numbered ``first`` on (8 bytes, big-endian, then padding to ``size``),
-    paced as :func:`paced_blast`."""
+def numbered(first: int, count: int, size: int) -> Iterator[bytes]:
+    """Datagrams numbered ``first`` on: 8 bytes, big-endian, then padding to ``size``."""
     padding = bytes(size - 8)
-    for i in range(first, first + count):
-        sock.send(i.to_bytes(8, "big") + padding)
-        if i % 50 == 49:
-            time.sleep(0.002)
+    return (i.to_bytes(8, "big") + padding for i in range(first, first + count))
 
 
 def pending(sock: socket.socket) -> list[bytes]:
@@ -845,10 +848,12 @@ async def test_datagrams_keep_their_order_through_a_stall(wstun: Wstun, udp_echo
         expect_echo(flood, b"warm-up")
         server.popen.send_signal(signal.SIGSTOP)
         try:
-            await asyncio.to_thread(numbered_blast, flood, 0, ORDERED_HALF, FLOOD_SIZE)
+            await asyncio.to_thread(paced_blast, flood, numbered(0, ORDERED_HALF, FLOOD_SIZE))
         finally:
             server.popen.send_signal(signal.SIGCONT)
-        await asyncio.to_thread(numbered_blast, flood, ORDERED_HALF, ORDERED_HALF, FLOOD_SIZE)
+        await asyncio.to_thread(
+            paced_blast, flood, numbered(ORDERED_HALF, ORDERED_HALF, FLOOD_SIZE)
+        )
         (client_flow,) = await flow_lines(client, "c")  # idle for 2 s: all echoes are in
         (server_flow,) = await flow_lines(server, "s")
         echoes = pending(flood)
